@@ -1,0 +1,1 @@
+"""Command-line tools: ``simdps-index``, ``simdps-restore``, ``simdps-train``, ``simdps-eval``."""

@@ -1,0 +1,188 @@
+"""Audio I/O shared by every stage: soundfile for files, soxr for resampling.
+
+Arrays are ``(frames, channels)`` float64 unless a function says otherwise, the
+layout soundfile uses. Writing is atomic (temporary file in the target folder, then
+``os.replace``) so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from simdps.errors import AudioError
+
+__all__ = [
+    "AudioInfo",
+    "audio_info",
+    "read_audio",
+    "read_audio_mono",
+    "to_mono",
+    "resample",
+    "write_audio_atomic",
+    "content_hash",
+    "check_finite",
+]
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What soundfile reports about a file, without decoding it."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's header; raise :class:`AudioError` if soundfile cannot open it."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, expected an audio file")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise AudioError(
+            f"{path}: not a readable audio file ({_short(exc)}); "
+            "use WAV, FLAC, OGG, AIFF or MP3"
+        ) from None
+    if info.frames <= 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames),
+                     info.format, info.subtype)
+
+
+def read_audio(
+    path: str | os.PathLike,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    dtype: str = "float64",
+) -> tuple[np.ndarray, int]:
+    """Decode frames ``[start, stop)`` of a file as ``(frames, channels)``.
+
+    Parameters
+    ----------
+    path : path of any format libsndfile reads.
+    start, stop : frame range at the file's own sample rate; ``stop=None`` reads to the end.
+    dtype : numpy dtype of the result.
+
+    Returns
+    -------
+    data, sample_rate
+    """
+    info = audio_info(path)
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype=dtype, always_2d=True)
+    except Exception as exc:
+        raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
+    if data.shape[0] == 0 and info.frames > 0 and (stop is None or stop > start) and start < info.frames:
+        raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
+    return data, int(sr)
+
+
+def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,
+                    *, dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """Decode a whole file as a 1-D mono mix, optionally resampled to ``sample_rate``."""
+    data, sr = read_audio(path, dtype="float64")
+    mono = to_mono(data)
+    if sample_rate is not None and sample_rate != sr:
+        mono = resample(mono, sr, sample_rate)
+        sr = sample_rate
+    return mono.astype(dtype, copy=False), sr
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """Mean over channels: ``(frames, channels)`` -> ``(frames,)``; 1-D input is returned as is."""
+    data = np.asarray(data)
+    if data.ndim == 1:
+        return data
+    return data.mean(axis=1)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, *, quality: str = "HQ") -> np.ndarray:
+    """Resample along axis 0 with soxr (``quality`` as soxr names it: 'QQ', 'LQ', 'MQ', 'HQ', 'VHQ')."""
+    if sr_in == sr_out:
+        return np.asarray(x)
+    if sr_in <= 0 or sr_out <= 0:
+        raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    x = np.asarray(x)
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+    return soxr.resample(np.ascontiguousarray(x, dtype=dtype), sr_in, sr_out, quality=quality)
+
+
+def check_finite(data: np.ndarray, what: str) -> None:
+    """Raise :class:`AudioError` if ``data`` holds NaN or Inf samples."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0])
+        raise AudioError(
+            f"{what}: {int(bad.sum())} NaN/Inf samples (first at frame {first}); "
+            "repair or re-export the file before restoring it"
+        )
+
+
+def write_audio_atomic(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    sample_rate: int,
+    *,
+    format: str | None = None,
+    subtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+    ``format``/``subtype`` default to what soundfile infers from the extension. With
+    ``overwrite=False`` an existing file is never touched and :class:`AudioError` is raised.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise AudioError(f"{path}: already exists; choose another output or pass --force")
+    if not path.parent.exists():
+        raise AudioError(f"{path.parent}: output folder does not exist; create it first")
+    if format is None:
+        ext = path.suffix.lstrip(".").upper()
+        format = {"AIF": "AIFF", "OGA": "OGG"}.get(ext, ext)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, data, int(sample_rate), format=format, subtype=subtype)
+        os.replace(tmp, path)
+    except Exception as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, AudioError):
+            raise
+        raise AudioError(f"{path}: writing failed ({_short(exc)})") from None
+    return path
+
+
+def content_hash(path: str | os.PathLike, *, chunk_bytes: int = 1 << 20) -> str:
+    """BLAKE2b-128 hex digest of a file's bytes (identifies unchanged files across builds)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return msg[0] if msg else type(exc).__name__

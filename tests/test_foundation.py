@@ -1,0 +1,76 @@
+"""The shared foundation: gap parsing and validation, audio I/O that never damages data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from simdps import Gap, GapError, SimDPSError, parse_gap
+from simdps.audio import audio_info, read_audio, resample, write_audio_atomic
+from simdps.gaps import gap_mask, parse_time, validate_gaps
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("12.5:14.5", Gap(12.5, 14.5)),
+    ("1:02.5-1:04.5", Gap(62.5, 64.5)),
+    ("1:02.5:1:04", Gap(62.5, 64.0)),
+    ("0:3", Gap(0.0, 3.0)),
+])
+def test_gaps_are_read_in_seconds_or_minutes(text, expected):
+    assert parse_gap(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "3:2", "1:2:3", "1:75-2:00", "5:5"])
+def test_malformed_gaps_raise_a_clear_error(text):
+    with pytest.raises(GapError, match="gap|time|seconds"):
+        parse_gap(text)
+
+
+def test_gaps_outside_or_overlapping_are_refused():
+    with pytest.raises(GapError, match="outside"):
+        validate_gaps([Gap(9.0, 11.0)], 10.0)
+    with pytest.raises(GapError, match="overlap"):
+        validate_gaps([Gap(1.0, 3.0), Gap(2.0, 4.0)], 10.0)
+    assert validate_gaps([Gap(5, 6), Gap(1, 2)], 10.0) == [Gap(1, 2), Gap(5, 6)]
+
+
+def test_gap_mask_is_zero_exactly_inside_the_gap():
+    g = Gap(0.5, 1.0)
+    s, e = g.to_samples(1000)
+    m = gap_mask(2000, [(s, e)])
+    assert not m[500:1000].any() and m[:500].all() and m[1000:].all()
+    assert parse_time("2:03.5") == 123.5
+
+
+def test_atomic_write_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
+    x = np.linspace(-0.5, 0.5, 800)[:, None]
+    out = tmp_path / "a.flac"
+    write_audio_atomic(out, x, 8000, subtype="PCM_24")
+    before = out.read_bytes()
+    with pytest.raises(SimDPSError, match="exists"):
+        write_audio_atomic(out, x * 0, 8000)
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["a.flac"]
+    assert sf.info(out).subtype == "PCM_24"
+
+
+def test_unreadable_and_empty_files_raise_audio_errors(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    with pytest.raises(SimDPSError, match="not a readable audio file"):
+        read_audio(bad)
+    with pytest.raises(SimDPSError, match="no such file"):
+        audio_info(tmp_path / "missing.wav")
+
+
+def test_resample_preserves_a_tone():
+    sr_in, sr_out = 44100, 12000
+    t = np.arange(sr_in) / sr_in
+    y = resample(np.sin(2 * np.pi * 440 * t), sr_in, sr_out)
+    assert abs(len(y) - sr_out) <= 1
+    spec = np.abs(np.fft.rfft(y[1000:-1000] * np.hanning(len(y) - 2000)))
+    peak_hz = np.argmax(spec) * sr_out / (len(y) - 2000)
+    assert abs(peak_hz - 440) < 2
