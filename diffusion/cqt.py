@@ -79,8 +79,8 @@ class _Tables:
     frames: tuple[int, ...]          # T_o = M_o
     index: tuple[np.ndarray, ...]    # per octave (K_o * M_o,) rfft index feeding each buffer slot
     window: tuple[np.ndarray, ...]   # per octave (K_o, M_o) alpha_o * g_k at each slot
-    inv_index: np.ndarray            # (F * 2,) slot (flat over all octaves) of the two windows at f_j
-    inv_dual: np.ndarray             # (F, 2) g_k(j) / (S_j alpha_k): dual window at those slots
+    inv_index: np.ndarray            # (2 * F,) slot (flat over all octaves) of the two windows at f_j
+    inv_dual: np.ndarray             # (2, F) g_k(j) / (S_j alpha_k): dual window at those slots
     centre_u: np.ndarray             # log2(f / f_min) of every window centre (low-pass first)
     edge_u: np.ndarray               # half-power band edges in the same units (len = windows + 1)
 
@@ -178,8 +178,8 @@ def _cqt_tables(n_samples: int, n_octaves: int, bins_per_octave: tuple[int, ...]
     # Frame operator S_j = sum_k g_k(j)^2 (= 1, or 1/2 at DC/Nyquist, up to rounding);
     # dual windows g_k / S, divided by alpha_k to undo the analysis scaling.
     s = g_lower**2 + g_upper**2
-    dual = np.stack([g_lower / (s * alpha[lower]), g_upper / (s * alpha[upper])], axis=1)
-    dual[np.stack([g_lower, g_upper], axis=1) == 0] = 0.0
+    dual = np.stack([g_lower / (s * alpha[lower]), g_upper / (s * alpha[upper])])
+    dual[np.stack([g_lower, g_upper]) == 0] = 0.0
 
     edges = np.concatenate([[-np.inf], 0.5 * (u_c[1:] + u_c[:-1]), [n_octaves]])
     return _Tables(
@@ -187,7 +187,7 @@ def _cqt_tables(n_samples: int, n_octaves: int, bins_per_octave: tuple[int, ...]
         frames=tuple(frames),
         index=tuple(windex),
         window=tuple(wvalue),
-        inv_index=slot.reshape(-1),
+        inv_index=slot.T.reshape(-1),
         inv_dual=dual,
         centre_u=u_c,
         edge_u=edges,
@@ -297,8 +297,9 @@ class CQT(nn.Module):
             index = getattr(self, f"index_{o}")
             window = self._table(f"window_{o}", self._tables.window[o], x.dtype)
             # Place alpha_o * X g_k, centred on the bin, in an M_o-slot buffer; M_o-point IFFT.
-            buf = spectrum.index_select(-1, index).unflatten(-1, window.shape) * window
-            out.append(torch.fft.ifft(buf, dim=-1))
+            # (complex * real through view_as_real: avoids promoting the window to complex)
+            buf = torch.view_as_real(spectrum.index_select(-1, index).unflatten(-1, window.shape))
+            out.append(torch.fft.ifft(torch.view_as_complex(buf * window[..., None]), dim=-1))
         return out
 
     def inverse(self, coeffs: list[Tensor]) -> Tensor:
@@ -317,8 +318,8 @@ class CQT(nn.Module):
         slots = torch.cat([torch.fft.fft(c, dim=-1).flatten(-2) for c in coeffs], dim=-1)
         real_dtype = slots.real.dtype
         dual = self._table("inv_dual", self._tables.inv_dual, real_dtype)
-        picked = slots.index_select(-1, self.inv_index).unflatten(-1, dual.shape)
-        spectrum = (picked * dual).sum(-1)
+        picked = torch.view_as_real(slots.index_select(-1, self.inv_index).unflatten(-1, dual.shape))
+        spectrum = torch.view_as_complex((picked * dual[..., None]).sum(-3))
         return torch.fft.irfft(spectrum, n=self.n_samples, dim=-1)
 
 
