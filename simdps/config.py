@@ -28,6 +28,10 @@ class SearchConfig:
     alpha_stft: float = 1.0  # a1
     alpha_chroma: float = 1.0  # a2
     coarse_hop: int = 1024  # Lh in samples at ``sample_rate`` (about 85 ms)
+    # eq. 11 refinement: "context" compares refine_boundary_ms of aligned context each side
+    # after least-squares gain matching; "eq11" is the paper's one-sample criterion verbatim.
+    refine_mode: str = "context"
+    refine_boundary_ms: float = 5.0
 
     @property
     def context_samples(self) -> int:
