@@ -285,6 +285,17 @@ class CQT(nn.Module):
             return buffer
         return torch.from_numpy(table).to(device=buffer.device, dtype=dtype)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        # After .to()/.double()/.cuda(), refill the real tables from the float64 masters,
+        # so that converting a float32 transform to float64 stays exact to 1e-16.
+        super()._apply(fn, recurse)
+        masters = {f"window_{o}": w for o, w in enumerate(self._tables.window)}
+        masters["inv_dual"] = self._tables.inv_dual
+        for name, table in masters.items():
+            buffer = self._buffers[name]
+            self._buffers[name] = torch.from_numpy(table).to(device=buffer.device, dtype=buffer.dtype)
+        return self
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """Analysis: real ``(*, N)`` -> per octave, lowest first, complex ``(*, K_o, T_o)``."""
         if x.is_complex() or not x.is_floating_point():

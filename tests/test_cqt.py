@@ -137,6 +137,13 @@ def test_leading_dimensions_and_other_dtypes_are_handled_exactly():
     assert _rel_error(cqt.inverse(coeffs), x) < 1e-10
 
 
+def test_converting_the_module_to_float64_keeps_the_round_trip_exact():
+    cqt = CQT(1009, 44_100).to(torch.float64)  # built in float32, tables refilled in float64
+    assert cqt.window_0.dtype == torch.float64
+    x = torch.randn(1, 1009, dtype=torch.float64)
+    assert _rel_error(cqt.inverse(cqt(x)), x) <= TOLERANCE[torch.float64]
+
+
 def test_get_cqt_is_cached_and_holds_no_state():
     a = get_cqt(2048, 22_050, device="cpu", dtype=torch.float64)
     assert a is get_cqt(2048, 22_050, 9, DEFAULT_BINS_PER_OCTAVE, torch.device("cpu"), torch.float64)
