@@ -74,13 +74,14 @@ def test_inverse_is_the_adjoint_of_the_analysis():
 
 
 def test_gradients_flow_through_forward_and_inverse():
-    cqt = CQT(41, 22_050, dtype=torch.float64)
-    x = torch.randn(2, 41, dtype=torch.float64, requires_grad=True)
+    cqt = CQT(23, 22_050, dtype=torch.float64)
+    x = torch.randn(1, 23, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s: cqt.inverse(cqt(s)), (x,))
-    assert torch.autograd.gradcheck(lambda s: cqt(s)[-1], (x,))
+    # fast mode: checks random projections of the Jacobians, enough to catch a wrong backward
+    assert torch.autograd.gradcheck(lambda s: cqt(s)[-1], (x,), fast_mode=True)
     coeffs = [torch.randn(1, k, t, dtype=torch.complex128, requires_grad=True)
               for k, t in zip(cqt.bins, cqt.frames)]
-    assert torch.autograd.gradcheck(lambda *c: cqt.inverse(list(c)), tuple(coeffs))
+    assert torch.autograd.gradcheck(lambda *c: cqt.inverse(list(c)), tuple(coeffs), fast_mode=True)
 
 
 def test_energy_near_a0_is_held_by_the_low_pass_band():
