@@ -25,19 +25,22 @@ transforms":
   FFT, scaled by ``alpha_o = sqrt(2 M_o / N)``. All bins of an octave share M_o, the
   power of two above the octave's widest support (kept non-decreasing over octaves),
   so one octave is one batched IFFT giving a ``(K_o, M_o)`` tensor: ``T_o = M_o``.
-* The frame operator is diagonal in frequency,
-  ``S_j = sum_k (alpha_k^2 / M_k) (N / (2 rho_j)) g_k(j)^2`` with ``rho_j`` = 1 at DC and
-  Nyquist and 2 elsewhere (the one-sided weights of Parseval's theorem for real
-  signals). Scaling the windows by 1/sqrt(2) at DC and Nyquist makes S = 1 everywhere:
-  the analysis is a Parseval frame (``sum |c|^2 = sum x^2``), the dual windows are
-  ``g_k / S`` and the exact inverse is also the adjoint of the analysis.
+* The frame operator is diagonal in frequency: since ``sum_m |c_k[m]|^2 =
+  (alpha_k^2 / M_k) sum_j |X_j g_k(j)|^2`` and ``||x||^2 = (1/N) sum_j rho_j |X_j|^2``
+  (``rho_j`` = 1 at DC and Nyquist, 2 elsewhere: Parseval for a one-sided spectrum),
+  ``S_j = (2 / rho_j) sum_k g_k(j)^2``. Scaling the windows by 1/sqrt(2) at DC and
+  Nyquist makes S = 1 everywhere: the analysis is a Parseval frame
+  (``sum |c|^2 = sum x^2``), the dual windows are ``g_k / sum_k g_k^2`` and the exact
+  inverse is also the adjoint of the analysis.
 
 Real signals: only the positive-frequency half is analysed, so each row holds samples
 of the analytic (one-sided) band signal, demodulated to the middle of the bin's
 support; the inverse rebuilds the one-sided spectrum and applies ``irfft``, which
 round-trips real signals exactly. White noise of variance sigma^2 gives coefficients
-of variance about ``2 sigma^2 L_k / M_o`` (L_k the support), i.e. of order sigma^2 in
-every band, which suits a diffusion network working on the coefficients.
+of variance ``2 sigma^2 sum_j g_k(j)^2 / M_o``: about 0.35-0.7 sigma^2 in most rows
+(0.1-1 sigma^2 in octaves 0-1, whose M_o the wide low-pass band enlarges), which suits
+a diffusion network working on the coefficients. Redundancy: about 2 complex
+coefficients per sample with the default layout.
 
 Any length N >= 1 works: the windows are evaluated on N's own FFT grid, and bins whose
 support holds no FFT bin simply give zero rows (their band is covered by the
@@ -175,8 +178,8 @@ def _cqt_tables(n_samples: int, n_octaves: int, bins_per_octave: tuple[int, ...]
             slot[mine, side] = offset + row[w_side[mine]] * m + d_j
         offset += len(ks) * m
 
-    # Frame operator S_j = sum_k g_k(j)^2 (= 1, or 1/2 at DC/Nyquist, up to rounding);
-    # dual windows g_k / S, divided by alpha_k to undo the analysis scaling.
+    # sum_k g_k(j)^2 = 1 (1/2 at DC/Nyquist), i.e. frame operator S_j = 1, up to rounding;
+    # dual windows g_k / sum_k g_k^2, divided by alpha_k to undo the analysis scaling.
     s = g_lower**2 + g_upper**2
     dual = np.stack([g_lower / (s * alpha[lower]), g_upper / (s * alpha[upper])])
     dual[np.stack([g_lower, g_upper]) == 0] = 0.0
