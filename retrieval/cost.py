@@ -189,12 +189,13 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int,
     if used == 0:
         return np.full(count, q_sq)
     sqrt_w = np.sqrt(w[:used])
-    # Only the rows any candidate reads, in float64 for the expansion's cancellation.
+    # Only the rows any candidate reads. The per-row products run in float32 (the features'
+    # precision); the sums over frames and the expansion run in float64.
     lo = first_edge + min(0, step * (used - 1))
     hi = first_edge + count - 1 + max(0, step * (used - 1)) + 1
-    rows = table[lo:hi].astype(np.float64)
-    cross = rows @ q.T  # cross[r, j] = <S_r, sqrt(w_j) q_j>
-    energy = np.einsum("ij,ij->i", rows, rows)
+    rows = table[lo:hi]
+    cross = (rows @ q.T.astype(np.float32)).astype(np.float64)  # cross[r, j] = <S_r, sqrt(w_j) q_j>
+    energy = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
     dot = np.zeros(count)
     cand_sq = np.zeros(count)
     for j in range(used):
@@ -239,7 +240,8 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
     if features_pre is None:
         features_pre = frame_features(s12k, cfg, phase=phase_pre)
     if features_post is None:
-        features_post = frame_features(s12k, cfg, phase=phase_post)
+        same = phase_post == phase_pre  # gap length on the hop grid: one frame set serves both sides
+        features_post = features_pre if same else frame_features(s12k, cfg, phase=phase_post)
     if features_pre.phase != phase_pre or features_post.phase != phase_post:
         raise ValueError("precomputed features have the wrong phase for this gap length")
     # Edge frames of candidate m = m_first: pre frame 0 ends at t_hat, post frame 0 starts at t_hat + L.
