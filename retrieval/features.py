@@ -162,10 +162,9 @@ def frame_features(x12k: np.ndarray, cfg: SearchConfig = SearchConfig(), *, phas
         window = _hann(n_fft)
         for lo in range(0, count, _CHUNK_FRAMES):
             hi = min(lo + _CHUNK_FRAMES, count)
-            spectrum = scipy.fft.rfft(frames[lo:hi] * window, axis=1)
-            power = spectrum.real**2 + spectrum.imag**2
-            stft[lo:hi] = np.sqrt(power)
-            chroma[lo:hi] = _chroma_from_power(power, cfg)
+            magnitude = np.abs(scipy.fft.rfft(frames[lo:hi] * window, axis=1))
+            stft[lo:hi] = magnitude
+            chroma[lo:hi] = _chroma_from_power(magnitude * magnitude, cfg)
     return Features(stft=stft, chroma=chroma, phase=int(phase))
 
 
