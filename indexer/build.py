@@ -1,0 +1,481 @@
+"""``simdps-index build``: corpus folder -> embeddings -> FAISS + Parquet + SQL catalog.
+
+Incremental and resumable:
+
+* a file whose size and mtime match its catalog row is skipped unread; a file whose stat
+  changed is hashed and skipped if its content hash did not change;
+* each new file's embeddings go to a content-addressed shard in ``cache/`` as soon as it
+  is done, so a killed build (even ``kill -9``) restarts without redoing finished files;
+* the new index files are written into a fresh ``gen-<build>`` folder, and the catalog
+  transaction that names that generation is the single commit point. Until then the
+  previous generation stays live and consistent;
+* a file that cannot be read is recorded with its error and skipped; non-audio files are
+  ignored (and counted).
+
+Vectors are added to the live FAISS index incrementally (removed or changed files'
+id ranges are removed first); the index is rebuilt from the shard cache when the
+structure changes (e.g. the corpus outgrew ``Flat``), when it cannot remove ids (HNSW),
+or on ``--rebuild`` (which also refits the PCA and re-embeds every file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from simdps.audio import audio_info
+from simdps.config import to_dict
+from simdps.errors import SimDPSError
+from simdps.indexer import store
+from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, display_url
+from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig, write_json_atomic
+from simdps.indexer.embed import PCA_FILE, ContextPCA, fit_pca
+from simdps.indexer.layout import (
+    POSITIONS_SCHEMA,
+    gen_dir,
+    pca_fingerprint,
+    read_positions,
+    read_shard,
+    remove_other_generations,
+    shard_path,
+    write_parquet_atomic,
+)
+from simdps.indexer.scan import CorpusFile, scan_corpus
+from simdps.indexer.work import FileResult, FileTask, decode_search_signal, init_worker, process_file
+from simdps.retrieval.features import frame_features
+
+__all__ = ["build_index", "BuildResult", "EMBEDDING_FIELDS"]
+
+CACHE_DIR = "cache"
+CURRENT_PCA = "current"  # cache/current names the shard folder of a PCA not yet committed
+
+# IndexConfig fields that change the vectors: an existing index cannot switch them in place.
+EMBEDDING_FIELDS = ("search", "stft_frame_dims", "stft_dims", "chroma_dims")
+
+
+@dataclass
+class BuildResult:
+    """What a build did."""
+
+    index_dir: Path
+    generation: int | None
+    factory: str | None
+    stats: BuildStats
+    seconds: float
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, message)
+    full_rebuild: bool = False
+
+
+def build_index(corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
+                config: IndexConfig | None = None, db_url: str | None = None, workers: int = 1,
+                rebuild: bool = False, progress: bool = True) -> BuildResult:
+    """Build or update the index of ``corpus_dir`` in ``index_dir``.
+
+    Parameters
+    ----------
+    corpus_dir : folder searched recursively for audio files.
+    index_dir : index folder (created if missing).
+    config : settings for a new index; for an existing one, ``None`` keeps its settings
+        (the FAISS factory and search knobs may change, the embedding settings only with
+        ``rebuild``).
+    db_url : SQLAlchemy URL of the catalog; default SQLite in ``index_dir`` (or the URL
+        the index was built with).
+    workers : processes that hash, decode and embed files.
+    rebuild : refit the PCA, re-embed every file and rebuild the FAISS index.
+    progress : show a tqdm bar (files, hours of audio).
+    """
+    t_start = time.perf_counter()
+    workers = max(1, int(workers))
+    index_dir = Path(index_dir)
+    corpus_root = Path(corpus_dir)
+    if not corpus_root.is_dir():
+        raise SimDPSError(f"{corpus_dir}: corpus folder not found; pass a folder of audio files")
+    corpus_root = corpus_root.resolve()
+    index_dir.mkdir(parents=True, exist_ok=True)
+    config, db_url = _settings(index_dir, corpus_root, config, db_url, rebuild)
+    write_json_atomic(index_dir / CONFIG_FILE, {
+        "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),
+        "db_url": None if db_url == default_url(index_dir) else display_url(db_url),
+        "index": config.to_dict(),
+    })
+    store.configure_threads(workers)
+    catalog = Catalog(db_url)
+    build_id = catalog.begin_build(config=config.to_dict(), corpus_root=str(corpus_root),
+                                   factory=config.factory, workers=workers)
+    try:
+        result = _Build(catalog, build_id, corpus_root, index_dir, config, workers, rebuild, progress).run()
+    except BaseException as exc:  # KeyboardInterrupt too: the build row must not stay 'running'
+        catalog.fail_build(build_id, f"{type(exc).__name__}: {exc}")
+        catalog.dispose()
+        raise
+    catalog.dispose()
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _settings(index_dir: Path, corpus_root: Path, config: IndexConfig | None, db_url: str | None,
+              rebuild: bool) -> tuple[IndexConfig, str]:
+    """Reconcile the requested settings with those the index was built with."""
+    path = index_dir / CONFIG_FILE
+    if not path.exists():
+        return config or IndexConfig(), db_url or default_url(index_dir)
+    from simdps.indexer.config import read_index_config
+
+    stored = read_index_config(index_dir)
+    stored_cfg = IndexConfig.from_dict(stored["index"])
+    stored_url = stored.get("db_url") or default_url(index_dir)
+    if db_url is None:
+        if "***" in stored_url:
+            raise SimDPSError(f"{index_dir}: its catalog URL holds a password, which is not stored; "
+                              "pass it again with --db URL")
+        db_url = stored_url
+    elif display_url(db_url) != stored_url and not rebuild:
+        raise SimDPSError(f"{index_dir} keeps its catalog at {stored_url}, not {display_url(db_url)}; "
+                          "pass the same --db URL, or --rebuild to start a new catalog")
+    if stored["corpus_root"] != str(corpus_root) and not rebuild:
+        raise SimDPSError(f"{index_dir} indexes {stored['corpus_root']}, not {corpus_root}; "
+                          "use another --index folder, or --rebuild to re-index this corpus there")
+    if config is None:
+        return stored_cfg, db_url
+    changed = [f for f in EMBEDDING_FIELDS if getattr(config, f) != getattr(stored_cfg, f)]
+    if changed and not rebuild:
+        raise SimDPSError(f"{index_dir} was built with other embedding settings ({', '.join(changed)}); "
+                          "pass --rebuild to re-embed the corpus with the new ones")
+    return config, db_url
+
+
+class _Build:
+    """One build's state; :meth:`run` is the algorithm of the module docstring."""
+
+    def __init__(self, catalog: Catalog, build_id: int, corpus_root: Path, index_dir: Path,
+                 config: IndexConfig, workers: int, rebuild: bool, progress: bool):
+        self.catalog, self.build_id, self.corpus_root = catalog, build_id, corpus_root
+        self.index_dir, self.config, self.workers = index_dir, config, workers
+        self.rebuild, self.progress = rebuild, progress
+        self.cfg = config.search
+        self.stats = BuildStats()
+
+    # ------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        live_gen = self.catalog.live_generation()
+        live_dir = gen_dir(self.index_dir, live_gen) if live_gen is not None else None
+        if live_dir is not None and not live_dir.exists():
+            raise SimDPSError(f"{live_dir}: the live index files are missing; "
+                              "rebuild with `simdps-index build --rebuild`")
+        remove_other_generations(self.index_dir, keep=live_gen)
+        use_live = live_dir is not None and not self.rebuild
+
+        files, self.stats.files_ignored = scan_corpus(self.corpus_root, exclude=[self.index_dir])
+        self.stats.files_seen = len(files)
+        rows = self.catalog.tracks()
+        scanned = {f.rel_path for f in files}
+
+        pca_path = self._pca(live_dir if use_live else None, files)
+        self.cache_dir = pca_path.parent
+        # ---- diff against the catalog --------------------------------------------------
+        unchanged: list[TrackRow] = []
+        tasks: list[FileTask] = []
+        stat_of: dict[str, CorpusFile] = {}
+        for f in files:
+            stat_of[f.rel_path] = f
+            row = rows.get(f.rel_path)
+            usable = row is not None and (row.status == "error" or (
+                use_live and shard_path(self.cache_dir, row.content_hash).exists()))
+            if usable and row.size_bytes == f.size_bytes and row.mtime_ns == f.mtime_ns:
+                unchanged.append(row)
+                continue
+            tasks.append(FileTask(f.rel_path, f.abs_path, row.content_hash if usable else None,
+                                  str(self.cache_dir), str(pca_path)))
+        removed_paths = [p for p in rows if p not in scanned]
+
+        # ---- hash / decode / embed -----------------------------------------------------
+        results = self._process(tasks)
+        touched: list[TrackRow] = []  # same content, new stat
+        new_ok: list[FileResult] = []
+        errors: list[FileResult] = []
+        for r in results:
+            f = stat_of[r.rel_path]
+            if r.unchanged:
+                touched.append(replace(rows[r.rel_path], size_bytes=f.size_bytes, mtime_ns=f.mtime_ns))
+            elif r.error is not None:
+                errors.append(r)
+            else:
+                new_ok.append(r)
+        kept_ok = [t for t in unchanged + touched if t.status == "ok"]
+        # rows whose vectors leave the index: deleted files, changed files, files now failing
+        leaving = set(removed_paths) | {r.rel_path for r in new_ok + errors}
+        dropped = [rows[p] for p in sorted(leaving) if p in rows and rows[p].status == "ok"] if use_live else []
+
+        self.stats.files_added = len(new_ok)
+        self.stats.files_unchanged = len(unchanged) + len(touched)
+        self.stats.files_removed = len(removed_paths)
+        self.stats.files_failed = len(errors)
+
+        next_id = self.catalog.next_track_id()
+        new_rows: list[TrackRow] = []
+        for r in sorted(new_ok, key=lambda r: r.rel_path):
+            f = stat_of[r.rel_path]
+            new_rows.append(TrackRow(next_id, r.rel_path, r.content_hash, f.size_bytes, f.mtime_ns, r.sample_rate,
+                                     r.channels, r.frames, r.duration_s, "ok", None, None, r.n_positions,
+                                     self.build_id))
+            next_id += 1
+        error_rows: list[TrackRow] = []
+        for r in sorted(errors, key=lambda r: r.rel_path):
+            f = stat_of[r.rel_path]
+            error_rows.append(TrackRow(next_id, r.rel_path, r.content_hash or "", f.size_bytes, f.mtime_ns,
+                                       r.sample_rate, r.channels, r.frames, r.duration_s or None, "error",
+                                       r.error, None, 0, self.build_id))
+            next_id += 1
+
+        # ---- assemble and commit a new generation -----------------------------------------
+        generation, full = live_gen, False
+        placed: list[TrackRow] = []
+        if new_rows or dropped or self.rebuild or not use_live:
+            generation = self.build_id
+            factory, full, placed = self._assemble(live_dir if use_live else None, pca_path, kept_ok,
+                                                   new_rows, dropped, generation)
+        else:
+            factory = self._live_factory(live_dir)
+        upserts = {t.path: t for t in touched + error_rows}
+        upserts.update({t.path: t for t in placed})  # placed rows carry their (new) first_row
+        live_rows = {t.path: t for t in kept_ok} | {t.path: t for t in placed}
+        ok_hashes = {t.content_hash for t in live_rows.values()}
+        self.stats.hours = sum(t.duration_s or 0.0 for t in live_rows.values()) / 3600.0
+        self.stats.vectors = self._vector_count(generation)
+        self.catalog.commit_build(self.build_id, generation=generation, upserts=list(upserts.values()),
+                                  delete_paths=removed_paths, stats=self.stats, factory=factory)
+        # ---- after the commit: left-overs can go ------------------------------------------
+        remove_other_generations(self.index_dir, keep=generation)
+        self._prune_cache(ok_hashes)
+        return BuildResult(self.index_dir, generation, factory, self.stats, 0.0,
+                           [(r.rel_path, r.error or "") for r in errors], full)
+
+    # ------------------------------------------------------------------------------
+    def _pca(self, live_dir: Path | None, files: list[CorpusFile]) -> Path:
+        """The PCA file the shards are made with: the live one, a pending one, or a new fit."""
+        cache_root = self.index_dir / CACHE_DIR
+        if live_dir is not None:
+            fp = pca_fingerprint(live_dir / PCA_FILE)
+            path = cache_root / fp / PCA_FILE
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(live_dir / PCA_FILE, path)
+            return path
+        pending = cache_root / CURRENT_PCA
+        if not self.rebuild and pending.exists():
+            path = cache_root / pending.read_text().strip() / PCA_FILE
+            if path.exists():
+                return path  # a killed first build: its shards stay valid
+        pca = fit_pca(self._pca_sample(files), self.config)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".pca.", suffix=".npz", dir=cache_root)
+        os.close(fd)
+        pca.save(tmp)
+        fp = pca_fingerprint(tmp)
+        path = cache_root / fp / PCA_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+        _write_text_atomic(pending, fp)
+        return path
+
+    def _pca_sample(self, files: list[CorpusFile]):
+        """Phase-0 features of excerpts of up to ``pca_train_files`` files (seeded choice)."""
+        rng = np.random.default_rng(self.config.seed)
+        order = rng.permutation(len(files))
+        n_files = min(len(files), self.config.pca_train_files)
+        per_file = math.ceil(self.config.pca_train_positions / max(1, n_files))
+        from simdps.indexer.embed import side_extent
+
+        excerpt_12k = per_file * self.cfg.coarse_hop + 2 * side_extent(self.cfg)
+        samples = []
+        bar = tqdm(total=n_files, unit="file", desc="fitting PCA", disable=not self.progress, leave=False)
+        for i in order:
+            if len(samples) >= n_files:
+                break
+            f = files[i]
+            try:
+                info = audio_info(f.abs_path)
+                length = int(math.ceil(excerpt_12k * info.sample_rate / self.cfg.sample_rate))
+                start = int(rng.integers(0, max(1, info.frames - length + 1)))
+                x12k, _ = decode_search_signal(f.abs_path, self.cfg, start=start, stop=start + length)
+            except SimDPSError:
+                continue  # recorded as an error when the file itself is processed
+            samples.append(frame_features(x12k, self.cfg))
+            bar.update(1)
+        bar.close()
+        return samples
+
+    def _process(self, tasks: list[FileTask]) -> list[FileResult]:
+        results: list[FileResult] = []
+        hours = 0.0
+        bar = tqdm(total=len(tasks), unit="file", desc="indexing", disable=not self.progress or not tasks)
+
+        def done(r: FileResult) -> None:
+            nonlocal hours
+            results.append(r)
+            if not r.unchanged and r.error is None:
+                hours += r.duration_s / 3600.0
+            bar.set_postfix_str(f"{hours:.2f} h audio", refresh=False)
+            bar.update(1)
+
+        if self.workers == 1 or len(tasks) <= 1:
+            for t in tasks:
+                done(process_file(t, self.cfg))
+        else:
+            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                     initializer=init_worker) as pool:
+                futures = [pool.submit(process_file, t, self.cfg) for t in tasks]
+                for fut in as_completed(futures):
+                    done(fut.result())
+        bar.close()
+        return results
+
+    # ------------------------------------------------------------------------------
+    def _assemble(self, live_dir: Path | None, pca_path: Path, kept_ok: list[TrackRow],
+                  new_rows: list[TrackRow], dropped: list[TrackRow], generation: int):
+        """Write ``gen-<generation>`` with the kept and new tracks' vectors.
+
+        Returns ``(factory, full, placed)``: ``placed`` are the rows whose ``first_row`` this
+        generation sets (the new ones; every one after a full rebuild).
+        """
+        dim = self.config.dim
+        counts_new = [self._side_counts(t.content_hash) for t in new_rows]
+        live_factory = self._live_factory(live_dir) if live_dir is not None else None
+        if live_dir is not None:
+            live_table = read_positions(live_dir / "positions.parquet")
+            dropped_ids = {t.id for t in dropped}
+            drop_mask = np.isin(live_table.column("track_id").to_numpy(), list(dropped_ids))
+            keep_table = live_table.filter(pa.array(~drop_mask))
+            n_side = (int(np.sum(keep_table.column("has_pre").to_numpy())),
+                      int(np.sum(keep_table.column("has_post").to_numpy())))
+        else:
+            keep_table, n_side = None, (0, 0)
+        n_side = (n_side[0] + sum(c[0] for c in counts_new), n_side[1] + sum(c[1] for c in counts_new))
+        factory = self.config.factory or store.choose_factory(
+            max(n_side), dim, flat_max_vectors=self.config.flat_max_vectors,
+            pq_m=self.config.pq_m, pq_nbits=self.config.pq_nbits)
+
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"gen-{generation}.tmp", dir=self.index_dir))
+        full = live_dir is None or factory != live_factory
+        indexes = {}
+        if not full:
+            indexes = {s: store.read_index(live_dir / f"{s}.faiss") for s in ("pre", "post")}
+            ranges = [(t.first_row, t.first_row + t.n_positions) for t in dropped if t.first_row is not None]
+            if not all(store.remove_id_ranges(idx, ranges) for idx in indexes.values()):
+                full = True  # the structure cannot remove ids (HNSW): rebuild from the shards
+        tables: list[pa.Table] = []
+        if full:
+            all_rows = sorted(kept_ok, key=lambda t: t.path) + new_rows
+            first = 0
+            add_rows = []
+            for t in all_rows:
+                add_rows.append(replace(t, first_row=first))
+                first += t.n_positions
+            indexes = self._train_new(factory, add_rows)
+        else:
+            first = _next_row(keep_table)
+            add_rows = []
+            for t in new_rows:
+                add_rows.append(replace(t, first_row=first))
+                first += t.n_positions
+            tables.append(keep_table)
+        for t in add_rows:
+            emb, meta = read_shard(shard_path(self.cache_dir, t.content_hash))
+            ids = t.first_row + np.arange(len(emb), dtype=np.int64)
+            store.add_vectors(indexes["pre"], emb.pre[emb.has_pre], ids[emb.has_pre])
+            store.add_vectors(indexes["post"], emb.post[emb.has_post], ids[emb.has_post])
+            native = np.rint(emb.positions * (meta["sample_rate"] / self.cfg.sample_rate)).astype(np.int64)
+            tables.append(pa.table({
+                "id": ids, "track_id": np.full(len(emb), t.id, dtype=np.int32),
+                "position_12k": emb.positions.astype(np.int64), "native_sample": native,
+                "has_pre": emb.has_pre, "has_post": emb.has_post,
+            }, schema=POSITIONS_SCHEMA))
+        table = pa.concat_tables(tables) if tables else POSITIONS_SCHEMA.empty_table()
+        table = table.sort_by("id")
+        for side, idx in indexes.items():
+            store.write_index_atomic(idx, tmp_dir / f"{side}.faiss")
+        write_parquet_atomic(tmp_dir / "positions.parquet", table)
+        shutil.copyfile(pca_path, tmp_dir / PCA_FILE)
+        pca = ContextPCA.load(pca_path)
+        write_json_atomic(tmp_dir / CONFIG_FILE, {
+            "format_version": FORMAT_VERSION, "generation": generation, "factory": factory,
+            "index": self.config.to_dict(), "search": to_dict(self.cfg), "dim": dim,
+            "pca_variance_kept": pca.explained, "positions": table.num_rows,
+            "vectors": {s: int(idx.ntotal) for s, idx in indexes.items()},
+        })
+        os.replace(tmp_dir, gen_dir(self.index_dir, generation))
+        return factory, full, add_rows
+
+    def _train_new(self, factory: str, rows: list[TrackRow]) -> dict:
+        """Empty indexes of ``factory``, trained on a seeded sample of the shards' vectors."""
+        dim = self.config.dim
+        indexes = {s: store.new_index(factory, dim) for s in ("pre", "post")}
+        if all(idx.is_trained for idx in indexes.values()):
+            return indexes
+        ivf = [store.faiss.extract_index_ivf(idx) for idx in indexes.values() if store.is_ivf(idx)]
+        want = self.config.train_vectors_per_list * (ivf[0].nlist if ivf else 256)
+        want = max(want, 256 * 40)  # PQ codebooks: 256 centroids x >= 39 points each
+        total = sum(t.n_positions for t in rows)
+        keep_p = min(1.0, want / max(1, total))
+        rng = np.random.default_rng(self.config.seed)
+        samples = {"pre": [], "post": []}
+        for t in rows:
+            emb, _ = read_shard(shard_path(self.cache_dir, t.content_hash))
+            pick = rng.random(len(emb)) < keep_p
+            samples["pre"].append(emb.pre[pick & emb.has_pre])
+            samples["post"].append(emb.post[pick & emb.has_post])
+        for side, idx in indexes.items():
+            store.train_index(idx, np.concatenate(samples[side]), seed=self.config.seed)
+        return indexes
+
+    def _side_counts(self, digest: str) -> tuple[int, int]:
+        emb, _ = read_shard(shard_path(self.cache_dir, digest))
+        return int(emb.has_pre.sum()), int(emb.has_post.sum())
+
+    def _live_factory(self, live_dir: Path | None) -> str | None:
+        if live_dir is None:
+            return None
+        return json.loads((live_dir / CONFIG_FILE).read_text())["factory"]
+
+    def _vector_count(self, generation: int | None) -> int:
+        if generation is None:
+            return 0
+        data = json.loads((gen_dir(self.index_dir, generation) / CONFIG_FILE).read_text())
+        return int(sum(data["vectors"].values()))
+
+    def _prune_cache(self, live_hashes: set[str]) -> None:
+        """Drop shards no live track uses and shard folders of other PCAs (after the commit)."""
+        cache_root = self.index_dir / CACHE_DIR
+        for folder in cache_root.iterdir() if cache_root.exists() else []:
+            if folder.is_dir() and folder != self.cache_dir:
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.name == CURRENT_PCA or folder.name.startswith("."):
+                folder.unlink(missing_ok=True)
+        for shard in self.cache_dir.glob("*.npz"):
+            if shard.name != PCA_FILE and shard.stem not in live_hashes:
+                shard.unlink(missing_ok=True)
+
+
+def _next_row(table: pa.Table | None) -> int:
+    if table is None or table.num_rows == 0:
+        return 0
+    return int(pa.compute.max(table.column("id")).as_py()) + 1
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

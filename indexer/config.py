@@ -1,0 +1,92 @@
+"""Index settings: one typed dataclass, serialised to ``config.json`` beside the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from simdps.config import SearchConfig
+from simdps.errors import SimDPSError
+
+__all__ = ["IndexConfig", "CONFIG_FILE", "FORMAT_VERSION", "write_json_atomic", "read_index_config"]
+
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How an index is built and searched.
+
+    ``search`` holds the paper's feature and cost settings (sec. 3.2, 4.3); positions are
+    every ``search.coarse_hop`` samples at 12 kHz (Lh, about 85 ms). The embedding of one
+    context side (see ``indexer/embed.py``) is a PCA of the weighted STFT block (after a
+    per-frame PCA to ``stft_frame_dims``) to ``stft_dims``, and of the weighted chroma block
+    to ``chroma_dims``, each scaled by sqrt(alpha_k), concatenated.
+    """
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+    stft_frame_dims: int = 64  # per-frame PCA of the 513-bin magnitude (first reduction)
+    stft_dims: int = 48  # PCA of the weighted STFT context block
+    chroma_dims: int = 16  # PCA of the weighted chroma context block
+    pca_train_positions: int = 20_000  # context blocks sampled to fit the PCA
+    pca_train_files: int = 64  # at most this many files decoded for the PCA sample
+    factory: str | None = None  # FAISS index_factory string; None = chosen by corpus size
+    flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ
+    pq_m: int = 16  # PQ sub-quantizers of the default IVF-PQ
+    pq_nbits: int = 8  # bits per sub-quantizer code
+    train_vectors_per_list: int = 64  # IVF training sample = this x nlist (FAISS: 30..256)
+    nprobe: int = 32  # IVF lists visited per query
+    ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used
+    seed: int = 0
+
+    @property
+    def dim(self) -> int:
+        return self.stft_dims + self.chroma_dims
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "IndexConfig":
+        data = dict(data)
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise SimDPSError(f"unknown index settings {sorted(unknown)}; this index was written by "
+                              "another SimDPS version: rebuild it with `simdps-index build --rebuild`")
+        search = data.pop("search", {})
+        return cls(search=SearchConfig(**search), **data)
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """JSON to a temporary file in the same folder, then os.replace (never half-written)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_index_config(index_dir: str | Path) -> dict:
+    """The raw ``config.json`` of an index folder, with a clear error when it is missing."""
+    path = Path(index_dir) / CONFIG_FILE
+    if not path.exists():
+        raise SimDPSError(f"{index_dir}: not a SimDPS index (no {CONFIG_FILE}); "
+                          "build one with `simdps-index build CORPUS --index DIR`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SimDPSError(f"{path}: unreadable ({exc}); rebuild the index") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise SimDPSError(f"{path}: index format {data.get('format_version')} is not "
+                          f"{FORMAT_VERSION}; rebuild it with `simdps-index build --rebuild`")
+    return data

@@ -1,0 +1,133 @@
+"""Where an index keeps its files, and how each is written atomically.
+
+::
+
+    DIR/config.json              entry point: format, corpus root, catalog URL, settings
+    DIR/catalog.sqlite           SQL catalog (default; --db puts it elsewhere)
+    DIR/gen-<B>/                 the index files build B made live (one folder, renamed into place)
+        config.json              IndexConfig, factory, PCA variance kept, counts
+        pca.npz                  the context PCA (indexer/embed.py)
+        pre.faiss, post.faiss    FAISS indexes of pre- and post-context embeddings
+        positions.parquet        one row per position: FAISS id -> track, 12 kHz and native sample
+    DIR/cache/<pca>/<hash>.npz   per-file embedding shards (content-addressed; resume and rebuilds)
+
+The live generation is the one the catalog's last committed build names; folders of any
+other generation are left-overs of an interrupted build and are removed by the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simdps.errors import SimDPSError
+from simdps.indexer.embed import TrackEmbeddings
+
+__all__ = [
+    "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
+    "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
+]
+
+GEN_PREFIX = "gen-"
+
+POSITIONS_SCHEMA = pa.schema([
+    ("id", pa.int64()),  # FAISS id of both the pre and the post vector at this position
+    ("track_id", pa.int32()),
+    ("position_12k", pa.int64()),  # m * Lh at the search rate
+    ("native_sample", pa.int64()),  # the same instant at the file's own rate
+    ("has_pre", pa.bool_()),
+    ("has_post", pa.bool_()),
+])
+
+
+def gen_dir(index_dir: str | Path, generation: int) -> Path:
+    return Path(index_dir) / f"{GEN_PREFIX}{generation}"
+
+
+def list_generations(index_dir: str | Path) -> list[int]:
+    out = []
+    for p in Path(index_dir).glob(f"{GEN_PREFIX}*"):
+        tail = p.name[len(GEN_PREFIX):]
+        if p.is_dir() and tail.isdigit():
+            out.append(int(tail))
+    return sorted(out)
+
+
+def remove_other_generations(index_dir: str | Path, keep: int | None) -> None:
+    """Delete generation folders other than ``keep`` and temporary folders of killed builds."""
+    for p in Path(index_dir).glob(f"{GEN_PREFIX}*"):
+        tail = p.name[len(GEN_PREFIX):]
+        if p.is_dir() and (not tail.isdigit() or int(tail) != keep):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def pca_fingerprint(pca_path: str | Path) -> str:
+    """Short content hash of a PCA file: names the shard cache it is valid for."""
+    return hashlib.blake2b(Path(pca_path).read_bytes(), digest_size=6).hexdigest()
+
+
+def shard_path(cache_dir: str | Path, content_hash: str) -> Path:
+    return Path(cache_dir) / f"{content_hash}.npz"
+
+
+def write_shard(path: str | Path, emb: TrackEmbeddings, meta: dict) -> None:
+    """One file's embeddings (float16: the cache is 4x smaller than float32 at ~1e-3 relative precision)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, positions=emb.positions, has_pre=emb.has_pre, has_post=emb.has_post,
+                     pre=emb.pre.astype(np.float16), post=emb.post.astype(np.float16),
+                     meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_shard(path: str | Path) -> tuple[TrackEmbeddings, dict]:
+    with np.load(path, allow_pickle=False) as z:
+        emb = TrackEmbeddings(z["positions"], z["has_pre"], z["has_post"],
+                              z["pre"].astype(np.float32), z["post"].astype(np.float32))
+        meta = json.loads(str(z["meta"]))
+    return emb, meta
+
+
+def write_parquet_atomic(path: str | Path, table: pa.Table) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_positions(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise SimDPSError(f"{path}: missing; rebuild the index with `simdps-index build`")
+    return pq.read_table(path, schema=POSITIONS_SCHEMA)
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Total size of the regular files under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total

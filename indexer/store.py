@@ -1,0 +1,153 @@
+"""FAISS vector store: index structure from a factory string, ids = Parquet row ids.
+
+The structure is a FAISS ``index_factory`` string stored with the index. By default it is
+chosen from the number of vectors, following FAISS's "Guidelines to choose an index":
+exact ``Flat`` for small corpora; above ``flat_max_vectors``, ``IVF<nlist>,PQ<m>`` with
+nlist ~ 4 sqrt(N) (a power of two, at least 39 training vectors per list), whose
+approximate distances our own exact re-score from audio then refines (the role FAISS's
+``RFlat`` plays, without storing float vectors). Any factory string can be passed instead.
+
+Indexes without their own id storage (Flat, HNSW, PQ) are wrapped in ``IDMap2`` so that
+every FAISS id is the row id of the position in ``positions.parquet``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from simdps.errors import SimDPSError
+
+__all__ = [
+    "choose_factory", "new_index", "train_index", "add_vectors", "remove_id_ranges",
+    "set_search_params", "write_index_atomic", "read_index", "is_ivf", "configure_threads",
+]
+
+# STACK.md: exact L2 on small query batches is 10-20x faster with BLAS kicking in late.
+faiss.cvar.distance_compute_blas_threshold = 20
+
+
+def configure_threads(n: int | None) -> None:
+    """Use ``n`` OpenMP threads in FAISS (None: leave FAISS's default)."""
+    if n:
+        faiss.omp_set_num_threads(int(n))
+
+
+def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000, pq_m: int = 16,
+                   pq_nbits: int = 8) -> str:
+    """The default structure for ``n_vectors`` of dimension ``dim``.
+
+    Flat below ``flat_max_vectors`` (exact; 4 dim + 8 bytes a vector). Above it,
+    IVF-PQ: ``pq_m`` sub-quantizers of ``pq_nbits`` bits (``pq_m * pq_nbits / 8`` bytes)
+    plus the 8-byte id per vector; nlist = 4 sqrt(N) rounded to a power of two, in
+    [64, 65536], and at most N / 39 so every centroid trains on >= 39 points.
+    """
+    if n_vectors <= flat_max_vectors:
+        return "Flat"
+    if dim % pq_m:
+        raise SimDPSError(f"PQ needs the dimension ({dim}) to be a multiple of pq_m ({pq_m})")
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n_vectors)))
+    nlist = max(64, min(65536, nlist))
+    while nlist > 64 and n_vectors < 39 * nlist:
+        nlist //= 2
+    pq = f"PQ{pq_m}" if pq_nbits == 8 else f"PQ{pq_m}x{pq_nbits}"
+    return f"IVF{nlist},{pq}"
+
+
+def new_index(factory: str, dim: int) -> faiss.Index:
+    """An empty index from ``factory``; id-less structures are wrapped in IDMap2."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    except RuntimeError as exc:
+        raise SimDPSError(f"FAISS cannot build index {factory!r} for {dim}-d vectors "
+                          f"({str(exc).strip().splitlines()[-1]}); pass a valid --factory string") from None
+    if not is_ivf(index) and not factory.startswith("IDMap"):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def train_index(index: faiss.Index, sample: np.ndarray, *, seed: int = 0) -> None:
+    """Train (k-means, PQ codebooks) on ``sample`` if the structure needs it."""
+    if index.is_trained:
+        return
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    ivf = faiss.extract_index_ivf(index) if is_ivf(index) else None
+    if ivf is not None and sample.shape[0] < ivf.nlist:
+        raise SimDPSError(f"{sample.shape[0]} vectors cannot train {ivf.nlist} IVF lists; "
+                          "use a smaller IVF or the default factory for this corpus size")
+    if ivf is not None:
+        ivf.cp.seed = seed
+    index.train(sample)
+
+
+def add_vectors(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                       np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def remove_id_ranges(index: faiss.Index, ranges: list[tuple[int, int]]) -> bool:
+    """Remove ids in each ``[first, last)``; False if the structure cannot remove (HNSW)."""
+    if not ranges:
+        return True
+    ids = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+    try:
+        index.remove_ids(faiss.IDSelectorBatch(ids))
+    except RuntimeError:
+        return False
+    return True
+
+
+def set_search_params(index: faiss.Index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Search-time knobs where the structure has them (IVF nprobe, HNSW efSearch)."""
+    ps = faiss.ParameterSpace()
+    if nprobe is not None and is_ivf(index):
+        ps.set_index_parameter(index, "nprobe", int(nprobe))
+    if ef_search is not None and "HNSW" in _describe(index):
+        ps.set_index_parameter(index, "efSearch", int(ef_search))
+
+
+def _describe(index: faiss.Index) -> str:
+    idx = faiss.downcast_index(index)
+    names = [type(idx).__name__]
+    while hasattr(idx, "index") and idx.index is not None:
+        idx = faiss.downcast_index(idx.index)
+        names.append(type(idx).__name__)
+    return ",".join(names)
+
+
+def write_index_atomic(index: faiss.Index, path: str | Path) -> None:
+    """faiss.write_index to a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_index(path: str | Path) -> faiss.Index:
+    """Load an index written by :func:`write_index_atomic` (fully into memory)."""
+    path = Path(path)
+    if not path.exists():
+        raise SimDPSError(f"{path}: index file missing; rebuild the index with `simdps-index build`")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise SimDPSError(f"{path}: unreadable FAISS index ({str(exc).strip().splitlines()[-1]}); "
+                          "rebuild it with `simdps-index build --rebuild`") from None

@@ -1,0 +1,152 @@
+"""One corpus file's work, run in a worker process: hash, decode, embed, write its shard.
+
+The decode is streamed (soundfile blocks -> mono -> soxr stream to 12 kHz), so a worker
+holds the 12 kHz signal and its features but never the whole file at its native rate.
+Every failure a file can cause (unreadable, empty, damaged) is returned as a message,
+never raised: one bad file must not stop a build.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from simdps.audio import audio_info, content_hash
+from simdps.config import SearchConfig
+from simdps.errors import SimDPSError
+from simdps.indexer.embed import ContextPCA, embed_track
+from simdps.indexer.layout import read_shard, shard_path, write_shard
+from simdps.retrieval.features import frame_features
+
+__all__ = ["FileTask", "FileResult", "decode_search_signal", "process_file", "init_worker"]
+
+_BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per soundfile block
+
+
+@dataclass(frozen=True)
+class FileTask:
+    rel_path: str
+    abs_path: str
+    known_hash: str | None  # the catalog's hash, when the file was indexed before
+    cache_dir: str
+    pca_path: str
+
+
+@dataclass(frozen=True)
+class FileResult:
+    rel_path: str
+    content_hash: str | None
+    unchanged: bool  # content equals the catalog's: nothing to do
+    error: str | None
+    sample_rate: int | None = None
+    channels: int | None = None
+    frames: int | None = None
+    n_positions: int = 0
+    seconds: float = 0.0  # wall time spent (hash + decode + embed)
+    reused_shard: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.frames and self.sample_rate else 0.0
+
+
+def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConfig(), *,
+                         start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
+    """Frames ``[start, stop)`` of a file, mono, at the search rate, streamed block by block.
+
+    Returns ``(x12k float32, native sample rate)``. Equal (to float32 rounding) to
+    ``retrieval.features.search_signal`` of the same frames: channel mean, then soxr HQ.
+    """
+    info = audio_info(path)
+    stop = info.frames if stop is None else min(stop, info.frames)
+    out: list[np.ndarray] = []
+    stream = None if info.sample_rate == cfg.sample_rate else soxr.ResampleStream(
+        info.sample_rate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start:
+                f.seek(start)
+            remaining = max(0, stop - start)
+            while remaining > 0:
+                block = f.read(min(_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                remaining -= len(block)
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                out.append(mono if stream is None else stream.resample_chunk(mono, last=False))
+            if stream is not None:
+                out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    except SimDPSError:
+        raise
+    except Exception as exc:
+        raise SimDPSError(f"{path}: decoding failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                          "the file may be damaged") from None
+    x = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
+    return np.ascontiguousarray(x, dtype=np.float32), info.sample_rate
+
+
+_PCA_CACHE: dict[str, ContextPCA] = {}
+
+
+def _pca(path: str) -> ContextPCA:
+    if path not in _PCA_CACHE:
+        _PCA_CACHE.clear()
+        _PCA_CACHE[path] = ContextPCA.load(path)
+    return _PCA_CACHE[path]
+
+
+def init_worker() -> None:
+    """Worker processes use one BLAS/OpenMP thread each: N workers = N cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn (librosa)
+        pass
+
+
+def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
+    """Hash ``task``'s file; unless unchanged, embed it into its shard (or reuse an existing shard)."""
+    t0 = time.perf_counter()
+    try:
+        digest = content_hash(task.abs_path)
+    except OSError as exc:
+        return FileResult(task.rel_path, None, False, f"cannot read: {exc.strerror or exc}")
+    if digest == task.known_hash:
+        return FileResult(task.rel_path, digest, True, None, seconds=time.perf_counter() - t0)
+    shard = shard_path(task.cache_dir, digest)
+    if shard.exists():  # finished by an interrupted build, or the same content under another name
+        try:
+            emb, meta = read_shard(shard)
+            return FileResult(task.rel_path, digest, False, None, meta["sample_rate"], meta["channels"],
+                              meta["frames"], len(emb), time.perf_counter() - t0, reused_shard=True)
+        except Exception:  # a damaged cache file is recomputed
+            shard.unlink(missing_ok=True)
+    try:
+        info = audio_info(task.abs_path)
+        x12k, _ = decode_search_signal(task.abs_path, cfg)
+        emb = embed_track(frame_features(x12k, cfg), _pca(task.pca_path), cfg)
+        meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
+                "n_samples_12k": int(len(x12k))}
+        write_shard(shard, emb, meta)
+    except SimDPSError as exc:
+        return FileResult(task.rel_path, digest, False, str(exc).replace(task.abs_path + ": ", ""),
+                          seconds=time.perf_counter() - t0)
+    except MemoryError:
+        return FileResult(task.rel_path, digest, False, "out of memory while embedding this file",
+                          seconds=time.perf_counter() - t0)
+    return FileResult(task.rel_path, digest, False, None, info.sample_rate, info.channels, info.frames,
+                      len(emb), time.perf_counter() - t0)
+
+
+def shard_for(cache_dir: str | Path, digest: str):
+    """The shard of a content hash: ``(TrackEmbeddings, meta)``."""
+    return read_shard(shard_path(cache_dir, digest))
