@@ -254,7 +254,8 @@ def test_dps_lands_near_the_gaussian_posterior_mean_in_the_gap():
     assert err.mean() < 0.3
     assert torch.all(err < 0.6)
     # The observed part is reproduced approximately (measured 0.10).
-    obs_err = (x.double()[:, mask.bool()] - _batched(truths)[:, mask.bool()]).norm() / _batched(truths)[:, mask.bool()].norm()
+    o, y_o = mask.bool(), _batched(truths)[:, mask.bool()]
+    obs_err = (x.double()[:, o] - y_o).norm() / y_o.norm()
     assert obs_err < 0.25
     # Unguided samples know nothing of y: their gap mean is the prior mean.
     free = inpaint(GaussianDenoiser(C), _batched(truths), mask.expand(N_OBS * PER_OBS, N),
