@@ -1,0 +1,154 @@
+"""simdps-eval end to end on synthetic recordings with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from conftest import piano_like
+from simdps.cli.eval import main
+from simdps.errors import SimDPSError
+from simdps.evaluation.excerpts import ExcerptConfig
+from simdps.evaluation.metrics import METRICS
+from simdps.evaluation.mushra import MushraConfig
+from simdps.evaluation.runner import EvalConfig, parse_methods, run_evaluation
+
+SR = 8_000
+EXCERPTS = ExcerptConfig(count=2, excerpt_s=3.0, gap_s=1.0, seed=1)
+
+
+def _repetitive(seed: int) -> np.ndarray:
+    """16 s of music that repeats a 4-s phrase, so the track holds good guides for any gap."""
+    phrase = piano_like(4.0, SR, seed=seed)
+    return np.tile(phrase, 4) + 1e-3 * np.random.default_rng(seed).standard_normal(16 * SR)
+
+
+@pytest.fixture
+def recordings(tmp_path):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for k in range(2):
+        sf.write(folder / f"piece{k}.wav", 0.5 * _repetitive(k), SR, subtype="PCM_16")
+    return folder
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A random-weight CQT U-Net checkpoint folder small enough for CPU tests (~5k parameters)."""
+    from simdps.diffusion.checkpoint import CONFIG_FILE, EMA_FILE, FORMAT, VERSION, build_model, save_weights
+    from simdps.diffusion.unet import UNetConfig
+
+    model = UNetConfig(sample_rate=SR, segment_s=2.0, n_octaves=4, bins_per_octave=(4, 4, 4, 4), base_channels=4,
+                       channel_mults=(1, 1, 1, 1), dilations=(1,), emb_dim=16, n_fourier=8, group_size=4)
+    folder = tmp_path / "tiny_model"
+    folder.mkdir()
+    save_weights(folder / EMA_FILE, build_model(model, 0.063))
+    (folder / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": 0,
+                                                  "train": {"model": dataclasses.asdict(model), "sigma_data": 0.063}}))
+    return folder
+
+
+def test_every_method_is_restored_scored_and_reported_then_resumed(recordings, tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    methods = ("lpc", "sim", "dps", "simdps-l", "auto")
+    config = EvalConfig(excerpts=dataclasses.replace(EXCERPTS, count=1), methods=methods,
+                        checkpoint=str(tiny_checkpoint), steps=2, notes=False, mushra=MushraConfig(test_id="t"))
+    result = run_evaluation(recordings, out, config, progress=False)
+    assert result.failures == ()
+    assert (result.n_excerpts, result.n_restored, result.n_skipped) == (1, 5, 0)
+
+    manifest = json.loads((out / "excerpts.json").read_text())["excerpts"]
+    for e in manifest:
+        original, sr = sf.read(out / "audio" / e["excerpt_id"] / "original.wav")
+        track, _ = sf.read(e["track"])
+        np.testing.assert_array_equal(original, track[e["start_sample"]:e["start_sample"] + e["length_samples"]])
+        g0, g1 = e["gap_start_sample"], e["gap_end_sample"]
+        for m in methods:
+            restored, _ = sf.read(out / "audio" / e["excerpt_id"] / f"{m}.wav")
+            assert restored.shape == original.shape
+            # Outside the gap the restoration is the original, sample for sample.
+            np.testing.assert_array_equal(restored[:g0], original[:g0])
+            np.testing.assert_array_equal(restored[g1:], original[g1:])
+            assert np.any(restored[g0:g1] != 0)
+            facts = json.loads((out / "results" / e["excerpt_id"] / f"{m}.json").read_text())
+            assert (facts["guide"] is not None) == (m in ("sim", "simdps-l", "auto"))
+            if m in ("dps", "simdps-l"):
+                assert facts["w_guide"] == {"dps": 0.0, "simdps-l": 0.15}[m] and facts["w_y"] == 0.3
+
+    with open(result.scores_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(methods) * len(METRICS)
+    assert {r["method"] for r in rows} == set(methods)
+    note_values = [float(r["value"]) for r in rows if r["metric"].startswith("note_")]
+    assert note_values and all(np.isnan(note_values))  # --no-notes: reported as missing
+
+    summary = result.summary_md.read_text()
+    assert "| metric | lpc | sim | dps | simdps-l | auto |" in summary
+    assert "note metrics missing" in summary
+    assert (result.plots_dir / "lsd_db.png").is_file()
+    doc = yaml.safe_load(result.mushra_yaml.read_text())
+    pages = [p for p in doc["pages"][1] if isinstance(p, dict)]
+    assert len(pages) == 1 and list(pages[0]["stimuli"]) == list(methods)
+
+    # A second run finds everything done and only rebuilds the reports (plots are no setting of the results).
+    again = run_evaluation(recordings, out, dataclasses.replace(config, plots=False), progress=False)
+    assert (again.n_restored, again.n_skipped) == (0, 5)
+    assert again.scores_csv.read_text() == result.scores_csv.read_text()
+
+
+def test_resume_restores_only_what_is_missing(recordings, tmp_path):
+    out = tmp_path / "eval"
+    config = EvalConfig(excerpts=EXCERPTS, methods=("lpc", "sim"), notes=False, plots=False)
+    run_evaluation(recordings, out, config, progress=False)
+    manifest = json.loads((out / "excerpts.json").read_text())["excerpts"]
+    assert {e["track"] for e in manifest} == {str(recordings / "piece0.wav"), str(recordings / "piece1.wav")}
+    first = manifest[0]["excerpt_id"]
+    (out / "results" / first / "sim.json").unlink()  # as if interrupted before this result
+    sim_before, _ = sf.read(out / "audio" / first / "sim.wav")
+    again = run_evaluation(recordings, out, config, progress=False)
+    assert (again.n_restored, again.n_skipped) == (1, 3)
+    np.testing.assert_array_equal(sf.read(out / "audio" / first / "sim.wav")[0], sim_before)  # deterministic
+
+
+def test_changed_settings_are_refused_on_resume(recordings, tmp_path):
+    out = tmp_path / "eval"
+    run_evaluation(recordings, out, EvalConfig(excerpts=EXCERPTS, methods=("lpc",), notes=False, plots=False),
+                   progress=False)
+    other = EvalConfig(excerpts=dataclasses.replace(EXCERPTS, gap_s=0.5), methods=("lpc",), notes=False)
+    with pytest.raises(SimDPSError, match="new --out folder"):
+        run_evaluation(recordings, out, other, progress=False)
+    with pytest.raises(SimDPSError, match="steps differ"):
+        run_evaluation(recordings, out, EvalConfig(excerpts=EXCERPTS, methods=("lpc",), steps=3, notes=False),
+                       progress=False)
+
+
+def test_methods_are_parsed_and_checked():
+    assert parse_methods("lpc, SIM,lpc") == ("lpc", "sim")
+    assert parse_methods("all") == ("lpc", "sim", "dps", "simdps-l", "simdps-h", "auto")
+    with pytest.raises(SimDPSError, match="unknown method"):
+        parse_methods("lpc,magic")
+
+
+def test_cli_runs_and_reports_user_errors_without_traceback(recordings, tmp_path, capsys):
+    out = tmp_path / "cli_out"
+    main([str(recordings), "--out", str(out), "--excerpts", "1", "--excerpt-s", "3", "--gap-s", "1",
+          "--methods", "lpc,sim", "--no-notes", "--no-plots", "--quiet"])
+    printed = capsys.readouterr().out
+    assert f"summary: {out / 'summary.md'}" in printed
+    assert (out / "scores.csv").is_file()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a folder" in err and "Traceback" not in err
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(recordings), "--out", str(tmp_path / "y"), "--methods", "lpc,nope"])
+    assert exit_info.value.code == 2
