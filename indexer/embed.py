@@ -87,10 +87,11 @@ class TrackEmbeddings:
 
 
 def grid_positions(n_samples_12k: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions ``m * Lh`` of a track where at least one whole context side fits.
+    """Every position ``m * Lh`` of a track of ``n_samples_12k`` samples, and which sides fit there.
 
-    Returns ``(positions, has_pre, has_post)``: a pre-context needs ``side_extent`` samples
-    before the position, a post-context as many from it on.
+    Returns ``(positions, has_pre, has_post)``: a pre-context needs ``side_extent``
+    samples before the position, a post-context as many from it on. All positions are
+    kept (row ``m`` is position ``m * Lh``), so a position follows from its row id.
     """
     lh = cfg.coarse_hop
     if lh <= 0 or lh % cfg.hop_length:
@@ -98,10 +99,7 @@ def grid_positions(n_samples_12k: int, cfg: SearchConfig) -> tuple[np.ndarray, n
                           f"({cfg.hop_length}) so every position lies on the frame grid")
     extent = side_extent(cfg)
     grid = np.arange(0, n_samples_12k + 1, lh, dtype=np.int64)
-    has_pre = grid >= extent
-    has_post = grid + extent <= n_samples_12k
-    keep = has_pre | has_post
-    return grid[keep], has_pre[keep], has_post[keep]
+    return grid, grid >= extent, grid + extent <= n_samples_12k
 
 
 @dataclass

@@ -1,0 +1,289 @@
+"""The public corpus index: ``Index.build(corpus, dir)``, ``Index.open(dir).search(audio, sr, gap, k)``.
+
+``search`` returns :class:`~simdps.retrieval.candidate.Candidate` objects ranked by ``J``
+(eq. 10): the corpus candidates of ``retrieval/index_search.py`` merged with the query
+track's own candidates (``retrieval/track.py``), unless ``include_track=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simdps.config import SearchConfig
+from simdps.errors import GapError, SimDPSError
+from simdps.gaps import Gap
+from simdps.indexer import store
+from simdps.indexer.build import BuildResult, build_index
+from simdps.indexer.catalog import Catalog, default_url, display_url
+from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
+from simdps.indexer.embed import PCA_FILE, ContextPCA
+from simdps.indexer.layout import folder_bytes, gen_dir
+from simdps.retrieval.candidate import Candidate
+from simdps.retrieval.index_search import (
+    SearchParams,
+    TrackTable,
+    hash_if_file,
+    is_query_track,
+    merge_hits,
+    prepare_query,
+    refine,
+    rescore,
+)
+
+__all__ = ["Index"]
+
+
+class Index:
+    """A built corpus index, loaded for searching (FAISS indexes in memory, audio read on demand)."""
+
+    def __init__(self, index_dir: Path, config: IndexConfig, generation: int, factory: str,
+                 pca: ContextPCA, faiss_pre, faiss_post, tracks: TrackTable, corpus_root: str,
+                 db_url: str, gen_info: dict):
+        self.index_dir = index_dir
+        self.config = config
+        self.generation = generation
+        self.factory = factory
+        self.pca = pca
+        self._faiss = {"pre": faiss_pre, "post": faiss_post}
+        self.tracks = tracks
+        self.corpus_root = corpus_root
+        self.db_url = db_url
+        self._gen_info = gen_info
+        store.set_search_params(faiss_pre, nprobe=config.nprobe, ef_search=config.ef_search)
+        store.set_search_params(faiss_post, nprobe=config.nprobe, ef_search=config.ef_search)
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def build(cls, corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
+              config: IndexConfig | None = None, db_url: str | None = None, workers: int = 1,
+              rebuild: bool = False, progress: bool = False) -> "Index":
+        """Build or update the index (see :func:`simdps.indexer.build.build_index`), then open it."""
+        build_index(corpus_dir, index_dir, config=config, db_url=db_url, workers=workers,
+                    rebuild=rebuild, progress=progress)
+        return cls.open(index_dir, db_url=db_url)
+
+    @staticmethod
+    def build_report(corpus_dir, index_dir, **kwargs: Any) -> BuildResult:
+        """Build or update and return what the build did (the CLI's entry)."""
+        return build_index(corpus_dir, index_dir, **kwargs)
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, *, db_url: str | None = None) -> "Index":
+        """Load the live generation of the index in ``index_dir``."""
+        index_dir = Path(index_dir)
+        if not index_dir.is_dir():
+            raise SimDPSError(f"{index_dir}: no such index folder; build one with "
+                              "`simdps-index build CORPUS --index DIR`")
+        top = read_index_config(index_dir)
+        if db_url is None:
+            db_url = top.get("db_url") or default_url(index_dir)
+            if "***" in db_url:
+                raise SimDPSError(f"{index_dir}: its catalog URL needs a password, which is not stored; "
+                                  "pass it with --db URL (Python: db_url=...)")
+        catalog = Catalog(db_url, create=False)
+        try:
+            generation = catalog.live_generation()
+            if generation is None:
+                raise SimDPSError(f"{index_dir}: no build has finished yet; run `simdps-index build` "
+                                  "(an interrupted build resumes where it stopped)")
+            rows = sorted((t for t in catalog.tracks(status="ok").values() if t.first_row is not None),
+                          key=lambda t: t.first_row)
+        finally:
+            catalog.dispose()
+        gdir = gen_dir(index_dir, generation)
+        if not gdir.is_dir():
+            raise SimDPSError(f"{gdir}: the live index files are missing; rebuild with "
+                              "`simdps-index build --rebuild`")
+        gen_info = json.loads((gdir / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = IndexConfig.from_dict(gen_info["index"])
+        root = top["corpus_root"]
+        tracks = TrackTable(
+            track_id=np.array([t.id for t in rows], dtype=np.int64),
+            first_row=np.array([t.first_row for t in rows], dtype=np.int64),
+            n_positions=np.array([t.n_positions for t in rows], dtype=np.int64),
+            sample_rate=np.array([t.sample_rate for t in rows], dtype=np.int64),
+            frames=np.array([t.frames for t in rows], dtype=np.int64),
+            content_hash=[t.content_hash for t in rows],
+            path=[os.path.join(root, *t.path.split("/")) for t in rows],
+        )
+        return cls(index_dir, config, generation, gen_info["factory"], ContextPCA.load(gdir / PCA_FILE),
+                   store.read_index(gdir / "pre.faiss"), store.read_index(gdir / "post.faiss"), tracks,
+                   root, db_url, gen_info)
+
+    # ---- search ---------------------------------------------------------------------
+    @property
+    def search_config(self) -> SearchConfig:
+        return self.config.search
+
+    def search(self, audio: np.ndarray, sr: int, gap: Gap | tuple[float, float], k: int = 10, *,
+               include_track: bool = True, path: str | os.PathLike | None = None,
+               params: SearchParams | None = None) -> list[Candidate]:
+        """The ``k`` best segments to fill ``gap`` of ``audio``, lowest ``J`` first.
+
+        Parameters
+        ----------
+        audio : ``(n,)`` or ``(n, channels)`` samples of the query recording at ``sr``.
+        sr : its sample rate.
+        gap : ``(start_s, end_s)`` in seconds, or a :class:`~simdps.gaps.Gap`.
+        k : how many candidates.
+        include_track : also search the query track itself (A1's ``search_track``) and merge.
+        path : the query's file, if it has one: identifies it in the corpus (the in-track
+            exclusion applies to it) and names its own candidates.
+        params : ANN and re-score knobs (:class:`SearchParams`).
+
+        Raises
+        ------
+        GapError if the gap lies outside the recording or leaves no context.
+        """
+        if k < 1:
+            raise SimDPSError(f"k must be at least 1, got {k}")
+        params = params or SearchParams()
+        cfg = self.config.search
+        query = prepare_query(audio, sr, gap, cfg)
+        with _one_blas_thread():
+            found = self._search_index(query, k, params, path, exclude_query_track=include_track)
+        if include_track:
+            from simdps.retrieval.track import search_track
+
+            try:
+                found += search_track(audio, sr, query.gap, k=k, cfg=cfg,
+                                      path=str(path) if path is not None else "<query>")
+            except GapError:
+                pass  # the track leaves no room for an in-track candidate: the corpus alone answers
+        found.sort(key=lambda c: (c.cost, c.path, c.start_sample))
+        return found[:k]
+
+    def _search_index(self, query, k: int, params: SearchParams, query_path, *, exclude_query_track: bool
+                      ) -> list[Candidate]:
+        cfg = self.config.search
+        if len(self.tracks) == 0:
+            return []
+        if params.nprobe is not None:
+            for idx in self._faiss.values():
+                store.set_search_params(idx, nprobe=params.nprobe)
+        ctx = query.context
+        hits = {}
+        for side, block, extent in (("pre", ctx.pre, ctx.pre_extent), ("post", ctx.post, ctx.post_extent)):
+            idx = self._faiss[side]
+            if extent == 0 or idx.ntotal == 0:
+                hits[side] = None
+                continue
+            vec = self.pca.embed_block(block, side)[None, :]
+            dist, ids = idx.search(vec, min(params.k_ann, idx.ntotal))
+            hits[side] = (dist[0], ids[0])
+        merged = merge_hits(self.tracks, query.length12, cfg.coarse_hop, hits["pre"], hits["post"])
+        query_path = str(query_path) if query_path is not None else None
+        query_hash = hash_if_file(query_path)
+        own: dict[int, bool] = {}
+        context = int(round(cfg.context_s * query.sr))
+        length = query.gap_end - query.gap_start
+        hits: list = []
+        rescored = 0
+        for c in merged:
+            if rescored >= params.n_rescore:
+                break
+            tracks = self.tracks
+            n12 = int(tracks.frames[c.track] * cfg.sample_rate / tracks.sample_rate[c.track])
+            if c.start12 < 0 or c.start12 + query.length12 > n12:
+                continue  # the segment itself must lie in the source
+            bounds = None
+            if c.track not in own:
+                own[c.track] = is_query_track(tracks, c.track, query, query_path, query_hash)
+            if own[c.track]:
+                if exclude_query_track:
+                    continue  # the exhaustive in-track search covers this recording
+                # in-track rule: the segment stays clear of the gap and its Lc context
+                start = c.start12 * query.sr / cfg.sample_rate
+                if start + length > query.gap_start - context and start < query.gap_end + context:
+                    continue
+                bounds = ((0, query.gap_start - context - length) if start < query.gap_start
+                          else (query.gap_end + context, int(tracks.frames[c.track]) - length))
+            rescored += 1
+            hit = rescore(query, c, tracks.path[c.track], int(tracks.sample_rate[c.track]),
+                          int(tracks.frames[c.track]), cfg, bounds=bounds)
+            if hit is not None:
+                hits.append(hit)
+        # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
+        hits.sort(key=lambda h: (h.cost, h.path, h.start12))
+        best: list = []
+        for h in hits:
+            if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o in best):
+                best.append(h)
+                if len(best) == k:
+                    break
+        out = [c for c in (refine(query, h, cfg) for h in best) if c is not None]
+        return _distinct(out, cfg.coarse_hop / cfg.sample_rate)
+
+    # ---- description ----------------------------------------------------------------
+    def info(self) -> dict:
+        """Tracks, hours, vectors, factory and size on disk (what ``simdps-index info`` prints)."""
+        catalog = Catalog(self.db_url, create=False)
+        try:
+            rows = catalog.tracks()
+            last = catalog.last_build()
+        finally:
+            catalog.dispose()
+        ok = [t for t in rows.values() if t.status == "ok"]
+        hours = sum(t.duration_s or 0.0 for t in ok) / 3600.0
+        gdir = gen_dir(self.index_dir, self.generation)
+        index_bytes = folder_bytes(gdir)
+        catalog_path = self.index_dir / "catalog.sqlite"
+        if catalog_path.exists():
+            index_bytes += catalog_path.stat().st_size
+        cache_bytes = folder_bytes(self.index_dir / "cache")
+        return {
+            "index": str(self.index_dir),
+            "corpus_root": self.corpus_root,
+            "catalog": display_url(self.db_url),
+            "generation": self.generation,
+            "tracks": len(ok),
+            "failed_files": sum(1 for t in rows.values() if t.status == "error"),
+            "hours": hours,
+            "positions": int(self._gen_info.get("positions", 0)),
+            "vectors": {s: int(i.ntotal) for s, i in self._faiss.items()},
+            "dim": self.config.dim,
+            "factory": self.factory,
+            "nprobe": self.config.nprobe,
+            "coarse_hop": self.config.search.coarse_hop,
+            "pca_variance_kept": self._gen_info.get("pca_variance_kept", {}),
+            "size_bytes": index_bytes,
+            "bytes_per_hour": index_bytes / hours if hours > 0 else None,
+            "cache_bytes": cache_bytes,
+            "last_build": {k: last[k] for k in ("id", "status", "started_at", "finished_at", "files_added",
+                                                "files_unchanged", "files_removed", "files_failed")}
+            if last else None,
+        }
+
+
+class _one_blas_thread:
+    """Run small matrix products on one BLAS thread: a query is hundreds of tiny products, and
+    OpenBLAS threads cost more than they give there (measured 2x on a shared 2-core machine)."""
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn (librosa)
+            self._limit = None
+            return self
+        self._limit = threadpool_limits(1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        if self._limit is not None:
+            self._limit.restore_original_limits()
+        return False
+
+
+def _distinct(cands: list[Candidate], radius_s: float) -> list[Candidate]:
+    """Best first; a candidate within ``radius_s`` of a better one in the same file is the same match."""
+    cands = sorted(cands, key=lambda c: (c.cost, c.start_sample))
+    kept: list[Candidate] = []
+    for c in cands:
+        if all(c.path != o.path or abs(c.start_s - o.start_s) > radius_s for o in kept):
+            kept.append(c)
+    return kept

@@ -1,0 +1,307 @@
+"""Retrieval from a corpus index: ANN on both context sides, merge, exact J, eq. 11.
+
+For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
+
+1. **ANN.** The query's pre-context block (ending at ``ts``) and post-context block
+   (starting at ``te``) are embedded like the corpus (``indexer/embed.py``) and each
+   searched in its FAISS index: a pre hit at position ``p`` proposes the start
+   ``t_hat = p``, a post hit at ``q`` proposes ``t_hat = q - L``.
+2. **Merge.** Proposals of one track within ``Lh/2`` of each other are one candidate.
+   Its approximate cost is ``D_pre + D_post`` (squared embedding distances, ~ the
+   side parts of ``a_1 d_1^2 + a_2 d_2^2``); a side with no hit near it is bounded below
+   by the largest distance FAISS returned for that side (anything not returned is at
+   least that far). Candidates are ranked by that bound.
+3. **Exact re-score.** The best ``n_rescore`` are re-scored with ``J`` of eq. 10 at full
+   frame resolution (every 256-sample start within ``Lh/2``), from features recomputed
+   on a window of the source decoded around the candidate (soundfile seek; only
+   ``Lc + L + Lc`` plus margins are read).
+4. **eq. 11.** The ``k`` best (distinct: a start within ``Lh`` of a better one in the same
+   file is the same match) are refined to the sample at the source's native rate over
+   offsets in ``[-Lh/2, +Lh/2]`` (``retrieval/refine.py``), and ``J`` is evaluated again
+   at the refined start, which ranks the final list. (Refining only these ``k`` keeps
+   the latency down: the refinement costs about as much as the re-score.)
+
+When the query's own file is in the corpus, its candidates obey the in-track rule
+(``retrieval/track.py``): no segment overlapping the gap or its ``Lc`` context.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simdps.audio import check_finite, content_hash, read_audio, to_mono
+from simdps.config import SearchConfig
+from simdps.errors import AudioError, GapError, SimDPSError
+from simdps.gaps import Gap, validate_gaps
+from simdps.retrieval.candidate import Candidate, resample_window
+from simdps.retrieval.cost import QueryContext, costs_at, grid_costs, query_context
+from simdps.retrieval.features import search_signal
+from simdps.retrieval.refine import refine_half_width, refine_start
+
+__all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "Coarse", "merge_hits", "FrameHit", "rescore",
+           "refine"]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Knobs of one index query (defaults tuned in benchmarks/bench_index.py)."""
+
+    k_ann: int = 64  # FAISS neighbours per context side
+    n_rescore: int = 16  # merged candidates re-scored exactly from the source audio
+    nprobe: int | None = None  # IVF lists visited (None: the index's setting)
+
+    def __post_init__(self):
+        if self.k_ann < 1 or self.n_rescore < 1:
+            raise SimDPSError("k_ann and n_rescore must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrackTable:
+    """The live tracks of an index as arrays sorted by ``first_row`` (FAISS id -> track)."""
+
+    track_id: np.ndarray
+    first_row: np.ndarray
+    n_positions: np.ndarray
+    sample_rate: np.ndarray
+    frames: np.ndarray
+    content_hash: list[str]
+    path: list[str]  # absolute
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(track index, position index m)`` of FAISS ids (row = first_row + m); -1 where unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        i = np.searchsorted(self.first_row, ids, side="right") - 1
+        ok = (ids >= 0) & (i >= 0)
+        i = np.where(ok, i, 0)
+        m = ids - self.first_row[i]
+        ok &= m < self.n_positions[i]
+        return np.where(ok, i, -1), np.where(ok, m, -1)
+
+    def __len__(self) -> int:
+        return len(self.track_id)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query gap prepared for eq. 10: native mono audio and its 12 kHz search signal."""
+
+    audio: np.ndarray  # mono float64 at sr
+    sr: int
+    gap: Gap
+    gap_start: int  # native samples, end exclusive
+    gap_end: int
+    y12: np.ndarray  # each side of the gap resampled apart; zeros inside the gap
+    gs12: int
+    ge12: int
+    context: QueryContext
+
+    @property
+    def length12(self) -> int:
+        return self.ge12 - self.gs12
+
+
+def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchConfig(),
+                  *, what: str = "the query track") -> Query:
+    """Validate ``gap`` against the recording and build its eq. 10 context (as track search does)."""
+    x = to_mono(np.asarray(audio, dtype=np.float64))
+    if x.ndim != 1 or x.size == 0:
+        raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
+    sr = int(sr)
+    if not isinstance(gap, Gap):
+        try:
+            gap = Gap(float(gap[0]), float(gap[1]))
+        except (TypeError, ValueError, IndexError):
+            raise GapError(f"gap must be (start_s, end_s) in seconds, got {gap!r}") from None
+    gap = validate_gaps([gap], len(x) / sr, what=what)[0]
+    gap_start, gap_end = gap.to_samples(sr)
+    gap_end = min(gap_end, len(x))
+    if gap_end <= gap_start:
+        raise GapError(f"gap {gap} is shorter than one sample at {sr} Hz; give a longer gap")
+    check_finite(x[:gap_start], what)  # the gap itself may hold anything
+    check_finite(x[gap_end:], what)
+    # Each side resampled on its own so the gap's samples never leak into its context.
+    before = search_signal(x[:gap_start], sr, cfg) if gap_start else np.zeros(0, np.float32)
+    after = search_signal(x[gap_end:], sr, cfg) if gap_end < len(x) else np.zeros(0, np.float32)
+    gs12 = len(before)
+    ge12 = gs12 + max(1, int(round((gap_end - gap_start) * cfg.sample_rate / sr)))
+    y12 = np.concatenate([before, np.zeros(ge12 - gs12, np.float32), after])
+    context = query_context(y12, gs12, ge12, cfg)
+    if context.pre_extent == 0 and context.post_extent == 0:
+        raise GapError(f"gap {gap} leaves under {cfg.n_fft / cfg.sample_rate:.3f} s of audio on both "
+                       "sides, so there is no context to match; use a longer recording")
+    return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context)
+
+
+@dataclass
+class Coarse:
+    """A merged ANN candidate: track index, start at 12 kHz, and its approximate cost."""
+
+    track: int
+    start12: int
+    d_pre: float | None
+    d_post: float | None
+    bound: float = math.inf
+
+
+def merge_hits(tracks: TrackTable, length12: int, coarse_hop: int,
+               pre: tuple[np.ndarray, np.ndarray] | None,
+               post: tuple[np.ndarray, np.ndarray] | None) -> list[Coarse]:
+    """Step 2 of the module docstring: FAISS ``(distances, ids)`` per side -> ranked candidates."""
+    proposals: list[tuple[int, int, str, float]] = []
+    floor = {"pre": 0.0, "post": 0.0}
+    for side, hits in (("pre", pre), ("post", post)):
+        if hits is None:
+            continue
+        dist, ids = hits
+        valid = ids >= 0
+        if valid.any():
+            floor[side] = float(dist[valid].max())
+        track, m = tracks.locate(ids[valid])
+        for d, tr, mm in zip(dist[valid], track, m):
+            if tr < 0:
+                continue
+            pos = int(mm) * coarse_hop
+            proposals.append((int(tr), pos if side == "pre" else pos - length12, side, float(d)))
+    proposals.sort(key=lambda p: (p[0], p[1]))
+    merged: list[Coarse] = []
+    half = coarse_hop // 2
+    for tr, start, side, d in proposals:
+        last = merged[-1] if merged else None
+        if last is not None and last.track == tr and abs(start - last.start12) <= half:
+            current = last.d_pre if side == "pre" else last.d_post
+            if current is None or d < current:
+                setattr(last, "d_" + side, d)
+                if side == "pre":
+                    last.start12 = start  # pre hits sit on the frame grid of the source
+            continue
+        merged.append(Coarse(tr, start, d if side == "pre" else None, d if side == "post" else None))
+    for c in merged:
+        c.bound = ((c.d_pre if c.d_pre is not None else floor["pre"])
+                   + (c.d_post if c.d_post is not None else floor["post"]))
+    merged.sort(key=lambda c: c.bound)
+    return merged
+
+
+class _Window:
+    """Native-rate samples ``[lo, hi)`` of a file decoded once; reads outside fall back to the file."""
+
+    def __init__(self, path: str, frames: int, lo: int, hi: int):
+        self.path, self.frames = path, frames
+        self.lo, self.hi = max(0, lo), min(frames, hi)
+        data, self.sr = read_audio(path, start=self.lo, stop=self.hi, dtype="float32")
+        self.data = to_mono(data).astype(np.float64)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        if self.lo <= lo and hi <= self.lo + len(self.data):
+            return self.data[lo - self.lo:hi - self.lo]
+        data, _ = read_audio(self.path, start=lo, stop=hi, dtype="float32")
+        return to_mono(data).astype(np.float64)
+
+
+@dataclass
+class FrameHit:
+    """A candidate re-scored at frame resolution (step 3), with the decoded window kept for step 4."""
+
+    path: str
+    sr: int
+    frames: int
+    start12: int  # best start on the frame grid, 12 kHz samples in the source
+    cost: float  # exact J there
+    window: "_Window"
+    s12: np.ndarray  # the 12 kHz window, sample k at source time (w0 + k) / 12000
+    w0: int
+    bounds: tuple[int, int] | None
+
+
+def rescore(query: Query, coarse: Coarse, path: str, sr_s: int, frames: int, cfg: SearchConfig,
+            *, bounds: tuple[int, int] | None = None) -> FrameHit | None:
+    """Step 3 for one candidate: exact ``J`` at every frame-grid start within ``Lh/2``.
+
+    ``None`` if no such start fits the source (or ``bounds``: native samples, inclusive,
+    limiting the refined start, the in-track rule).
+    """
+    ctx = query.context
+    hop, lh = cfg.hop_length, cfg.coarse_hop
+    t = coarse.start12
+    lead = -(-ctx.pre_extent // hop) * hop  # pre-context rounded up to the frame grid
+    w0 = t - lh - lead  # t - w0 is a multiple of hop: the window's grid holds t
+    w1 = t + lh + query.length12 + ctx.post_extent + hop
+    ratio = sr_s / cfg.sample_rate
+    half_width = refine_half_width(lh, sr_s, cfg)
+    boundary = int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 2
+    margin = int(math.ceil(0.05 * sr_s)) + half_width + boundary
+    window = _Window(path, frames, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin)
+    if window.sr != sr_s:
+        raise AudioError(f"{path}: now has sample rate {window.sr} Hz, not {sr_s} Hz as indexed; "
+                         "the file changed since indexing: run `simdps-index build` again")
+    # 12 kHz window on the track's global 12 kHz grid: output k is at time (w0 + k) / 12000.
+    s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate).astype(np.float32)
+    costs = grid_costs(ctx, s12, cfg)
+    starts = costs.starts + w0
+    near = np.abs(starts - t) <= lh // 2
+    if bounds is not None:
+        near &= (starts * ratio >= bounds[0] - half_width) & (starts * ratio <= bounds[1] + half_width)
+    if not near.any():
+        return None
+    best = int(np.argmin(np.where(near, costs.total, np.inf)))
+    return FrameHit(path, sr_s, frames, int(starts[best]), float(costs.total[best]), window, s12, w0, bounds)
+
+
+def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
+    """Step 4: eq. 11 at the source's native rate around ``hit``, then ``J`` at the refined start."""
+    sr_s, ratio = hit.sr, hit.sr / cfg.sample_rate
+    length = query.gap_end - query.gap_start
+    lo, hi = 0, hit.frames - int(round(length * sr_s / query.sr))
+    if hit.bounds is not None:
+        lo, hi = max(lo, hit.bounds[0]), min(hi, hit.bounds[1])
+    if hi < lo:
+        return None
+    window = hit.window
+    refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s,
+                           int(round(hit.start12 * ratio)) - window.lo, refine_half_width(cfg.coarse_hop, sr_s, cfg),
+                           cfg, bounds=(lo - window.lo, hi - window.lo))
+    start = refined.start_sample + window.lo
+    final = costs_at(query.context, hit.s12, [int(round(start / ratio)) - hit.w0], cfg)
+    return Candidate(hit.path, start / sr_s, start, sr_s, *astuple(final.parts(0)), source="index")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def is_query_track(tracks: TrackTable, i: int, query: Query, query_path: str | None,
+                   query_hash: str | None) -> bool:
+    """Whether corpus track ``i`` is the query's own recording.
+
+    By path or content hash when the query's file is known; otherwise by audio: same rate
+    and length, and the same samples over one second of observed context.
+    """
+    if query_path is not None:
+        if same_file(tracks.path[i], query_path):
+            return True
+        if query_hash is not None and tracks.content_hash[i] == query_hash:
+            return True
+    if int(tracks.sample_rate[i]) != query.sr or int(tracks.frames[i]) != len(query.audio):
+        return False
+    n = min(query.sr, max(query.gap_start, len(query.audio) - query.gap_end))
+    lo = query.gap_start - n if query.gap_start >= n else query.gap_end
+    try:
+        data, _ = read_audio(tracks.path[i], start=lo, stop=lo + n, dtype="float64")
+    except SimDPSError:
+        return False
+    ref = query.audio[lo:lo + n]
+    return bool(np.max(np.abs(to_mono(data) - ref)) <= 1e-4 * max(1e-9, float(np.max(np.abs(ref)))) + 1e-7)
+
+
+def hash_if_file(path: str | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    return content_hash(path)
