@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
