@@ -40,18 +40,18 @@ def recordings(tmp_path):
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    """A random-weight CQT U-Net checkpoint folder small enough for CPU tests (~5k parameters)."""
-    from simdps.diffusion.checkpoint import CONFIG_FILE, EMA_FILE, FORMAT, VERSION, build_model, save_weights
+    """A random-weight CQT U-Net (~5k parameters) saved the way simdps-train saves one."""
+    import torch
+
+    from simdps.diffusion.checkpoint import build_model, save_checkpoint
     from simdps.diffusion.unet import UNetConfig
 
-    model = UNetConfig(sample_rate=SR, segment_s=2.0, n_octaves=4, bins_per_octave=(4, 4, 4, 4), base_channels=4,
-                       channel_mults=(1, 1, 1, 1), dilations=(1,), emb_dim=16, n_fourier=8, group_size=4)
-    folder = tmp_path / "tiny_model"
-    folder.mkdir()
-    save_weights(folder / EMA_FILE, build_model(model, 0.063))
-    (folder / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": 0,
-                                                  "train": {"model": dataclasses.asdict(model), "sigma_data": 0.063}}))
-    return folder
+    cfg = UNetConfig(sample_rate=SR, segment_s=2.0, n_octaves=4, bins_per_octave=(4, 4, 4, 4), base_channels=4,
+                     channel_mults=(1, 1, 1, 1), dilations=(1,), emb_dim=16, n_fourier=8, group_size=4)
+    torch.manual_seed(0)
+    model = build_model(cfg, 0.063)
+    return save_checkpoint(tmp_path / "tiny_model", train_config={"model": cfg.to_dict(), "sigma_data": 0.063},
+                           model=model, ema=model, optimizer=torch.optim.Adam(model.parameters()), step=0)
 
 
 def test_every_method_is_restored_scored_and_reported_then_resumed(recordings, tiny_checkpoint, tmp_path):

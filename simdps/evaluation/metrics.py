@@ -3,8 +3,9 @@
 Every metric compares the restoration ``x_hat`` with the original ``x`` of the same
 excerpt, both mono (multichannel input is mixed down with :func:`simdps.audio.to_mono`),
 over the gap ``[g0, g1)`` in samples. With ``X_tf`` the STFT of ``x`` (Hann window of
-``frame_s`` seconds rounded to a power of two, hop a quarter window, centred frames) and
-``T`` the frames whose centres lie inside the gap:
+``frame_s`` seconds rounded to a power of two, hop a quarter window) over the frames ``T``
+centred at ``g0, g0 + hop, ...`` inside the gap (the signal counted as zero beyond its
+ends), only the audio around the gap is analysed, whatever the excerpt's length:
 
 * **Log-spectral distance** (dB, lower is better, 0 when identical)::
 
@@ -15,8 +16,9 @@ over the gap ``[g0, g1)`` in samples. With ``X_tf`` the STFT of ``x`` (Hann wind
       MEL = 1/(|T| B) sum_{t,b} |10 log10(M_tb + eps) - 10 log10(Mh_tb + eps)|
 
 * **Chroma similarity** (lower is worse, 1 when identical): the mean over ``T`` of the
-  cosine between 12-bin chroma vectors ``c_t`` (librosa ``chroma_stft`` of ``|X|^2``,
-  tuning fixed at A440); a frame where both vectors are zero counts 1, one zero 0::
+  cosine between 12-bin chroma vectors ``c_t`` (librosa's chroma filter bank applied to
+  ``|X|^2``, as ``chroma_stft`` does, tuning fixed at A440); a frame where both vectors
+  are zero counts 1, one zero 0::
 
       CHROMA = 1/|T| sum_t <c_t, ch_t> / (||c_t|| ||ch_t||)
 
@@ -36,7 +38,8 @@ over the gap ``[g0, g1)`` in samples. With ``X_tf`` the STFT of ``x`` (Hann wind
   log-compressed magnitudes ``Y_tf = ln(1 + gamma |X_tf|)`` (``gamma = flux_gamma``, the
   compression of onset-novelty curves, so a broadband click counts in every bin rather than
   hiding under a few loud partials) and ``flux_t = sum_f max(Y_tf - Y_{t-1,f}, 0)^2``, sum
-  the flux over the frames whose centres lie within ``edge_window_s`` of ``e``::
+  the flux over the frames of a hop grid through ``e`` whose centres lie within
+  ``edge_window_s`` of ``e``::
 
       FLUX_e = 10 log10( (sum_t fluxh_t + eps) / (sum_t flux_t + eps) )
 
@@ -50,6 +53,7 @@ The note-level score (basic-pitch + mir_eval) lives in :mod:`simdps.evaluation.n
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -140,11 +144,11 @@ def gap_metrics(
     """
     x, x_hat, (g0, g1) = _checked(original, restored, gap)
     n_fft = _frame_length(config.frame_s, sample_rate)
-    power, power_hat, frames = _gap_power(x, x_hat, g0, g1, n_fft)
+    power, power_hat = _gap_power(x, x_hat, g0, g1, n_fft)
     return {
-        "lsd_db": _lsd(power[:, frames], power_hat[:, frames]),
-        "mel_l1_db": _mel_l1(power[:, frames], power_hat[:, frames], sample_rate, n_fft, config.n_mels),
-        "chroma_sim": _chroma_cosine(power[:, frames], power_hat[:, frames], sample_rate, n_fft),
+        "lsd_db": _lsd(power, power_hat),
+        "mel_l1_db": _mel_l1(power, power_hat, sample_rate, n_fft, config.n_mels),
+        "chroma_sim": _chroma_cosine(power, power_hat, sample_rate, n_fft),
         "snr_db": snr_db(x, x_hat, sample_rate, (g0, g1)),
         "loudness_diff_db": loudness_difference_db(x, x_hat, sample_rate, (g0, g1)),
         "flux_start_db": edge_flux_ratio_db(x, x_hat, sample_rate, g0, config),
@@ -160,8 +164,8 @@ def log_spectral_distance(original, restored, sample_rate: int, gap: tuple[int, 
                           config: MetricConfig = MetricConfig()) -> float:
     """LSD over the gap's frames, in dB (module docstring)."""
     x, x_hat, (g0, g1) = _checked(original, restored, gap)
-    power, power_hat, frames = _gap_power(x, x_hat, g0, g1, _frame_length(config.frame_s, sample_rate))
-    return _lsd(power[:, frames], power_hat[:, frames])
+    power, power_hat = _gap_power(x, x_hat, g0, g1, _frame_length(config.frame_s, sample_rate))
+    return _lsd(power, power_hat)
 
 
 def log_mel_l1(original, restored, sample_rate: int, gap: tuple[int, int],
@@ -169,8 +173,8 @@ def log_mel_l1(original, restored, sample_rate: int, gap: tuple[int, int],
     """Mean absolute log-mel difference over the gap's frames, in dB (module docstring)."""
     x, x_hat, (g0, g1) = _checked(original, restored, gap)
     n_fft = _frame_length(config.frame_s, sample_rate)
-    power, power_hat, frames = _gap_power(x, x_hat, g0, g1, n_fft)
-    return _mel_l1(power[:, frames], power_hat[:, frames], sample_rate, n_fft, config.n_mels)
+    power, power_hat = _gap_power(x, x_hat, g0, g1, n_fft)
+    return _mel_l1(power, power_hat, sample_rate, n_fft, config.n_mels)
 
 
 def chroma_similarity(original, restored, sample_rate: int, gap: tuple[int, int],
@@ -178,8 +182,8 @@ def chroma_similarity(original, restored, sample_rate: int, gap: tuple[int, int]
     """Mean per-frame chroma cosine similarity over the gap (1 = same pitch classes)."""
     x, x_hat, (g0, g1) = _checked(original, restored, gap)
     n_fft = _frame_length(config.frame_s, sample_rate)
-    power, power_hat, frames = _gap_power(x, x_hat, g0, g1, n_fft)
-    return _chroma_cosine(power[:, frames], power_hat[:, frames], sample_rate, n_fft)
+    power, power_hat = _gap_power(x, x_hat, g0, g1, n_fft)
+    return _chroma_cosine(power, power_hat, sample_rate, n_fft)
 
 
 def _lsd(power: np.ndarray, power_hat: np.ndarray) -> float:
@@ -187,17 +191,27 @@ def _lsd(power: np.ndarray, power_hat: np.ndarray) -> float:
     return float(np.mean(np.sqrt(np.mean(diff_db ** 2, axis=0))))
 
 
+@functools.lru_cache(maxsize=16)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+
+
+@functools.lru_cache(maxsize=16)
+def _chroma_basis(sample_rate: int, n_fft: int) -> np.ndarray:
+    # What librosa.feature.chroma_stft applies to a power spectrogram (tuning fixed at A440).
+    return librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=0.0)
+
+
 def _mel_l1(power, power_hat, sample_rate: int, n_fft: int, n_mels: int) -> float:
-    mel_basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    mel_basis = _mel_basis(sample_rate, n_fft, n_mels)
     mel, mel_hat = mel_basis @ power, mel_basis @ power_hat
     return float(np.mean(np.abs(10.0 * (np.log10(mel + _EPS_POWER) - np.log10(mel_hat + _EPS_POWER)))))
 
 
 def _chroma_cosine(power, power_hat, sample_rate: int, n_fft: int) -> float:
-    # norm=None keeps silent frames at zero so they can be recognised below.
-    kw = dict(sr=sample_rate, n_fft=n_fft, tuning=0.0, norm=None)
-    c = librosa.feature.chroma_stft(S=power, **kw)
-    c_hat = librosa.feature.chroma_stft(S=power_hat, **kw)
+    # Unnormalised chroma keeps silent frames at zero so they can be recognised below.
+    basis = _chroma_basis(sample_rate, n_fft)
+    c, c_hat = basis @ power, basis @ power_hat
     norm, norm_hat = np.linalg.norm(c, axis=0), np.linalg.norm(c_hat, axis=0)
     tiny = 1e-12 * max(float(norm.max(initial=0.0)), float(norm_hat.max(initial=0.0)), 1e-30)
     both_zero = (norm <= tiny) & (norm_hat <= tiny)
@@ -212,17 +226,23 @@ def _frame_length(frame_s: float, sample_rate: int) -> int:
     return int(2 ** max(6, round(math.log2(max(frame_s * sample_rate, 2.0)))))
 
 
-def _gap_power(x, x_hat, g0: int, g1: int, n_fft: int):
-    """Power spectrograms of both signals and the frames whose centres lie in ``[g0, g1)``."""
+def _local_stft(x: np.ndarray, centres: np.ndarray, n_fft: int) -> np.ndarray:
+    """Hann STFT frames centred on ``centres`` (evenly spaced), zero beyond the signal's ends."""
+    hop = int(centres[1] - centres[0]) if len(centres) > 1 else n_fft // 4
+    lo = int(centres[0]) - n_fft // 2
+    hi = lo + n_fft + hop * (len(centres) - 1)
+    seg = np.zeros(hi - lo)
+    a, b = max(lo, 0), min(hi, len(x))
+    if b > a:
+        seg[a - lo:b - lo] = x[a:b]
+    return librosa.stft(seg, n_fft=n_fft, hop_length=hop, window="hann", center=False)
+
+
+def _gap_power(x, x_hat, g0: int, g1: int, n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectrograms of both signals over the frames centred at ``g0, g0 + hop, ... < g1``."""
     hop = n_fft // 4
-    stft = dict(n_fft=n_fft, hop_length=hop, window="hann", center=True, pad_mode="constant")
-    power = np.abs(librosa.stft(x, **stft)) ** 2
-    power_hat = np.abs(librosa.stft(x_hat, **stft)) ** 2
-    centres = np.arange(power.shape[1]) * hop
-    frames = np.flatnonzero((centres >= g0) & (centres < g1))
-    if frames.size == 0:  # a gap shorter than a hop: the frame nearest its middle
-        frames = np.array([int(np.argmin(np.abs(centres - (g0 + g1) / 2)))])
-    return power, power_hat, frames
+    centres = np.arange(g0, g1, hop)  # at least one frame: g1 > g0
+    return np.abs(_local_stft(x, centres, n_fft)) ** 2, np.abs(_local_stft(x_hat, centres, n_fft)) ** 2
 
 
 # --- waveform and level --------------------------------------------------------------
@@ -273,16 +293,16 @@ def edge_flux_ratio_db(original, restored, sample_rate: int, edge: int,
     x, x_hat = _checked_pair(original, restored)
     n_fft = _frame_length(config.edge_frame_s, sample_rate)
     hop = n_fft // 4
-    stft = dict(n_fft=n_fft, hop_length=hop, window="hann", center=True, pad_mode="constant")
-    mag = np.log1p(config.flux_gamma * np.abs(librosa.stft(x, **stft)))
-    mag_hat = np.log1p(config.flux_gamma * np.abs(librosa.stft(x_hat, **stft)))
-    # flux_t compares frame t with t-1, so it is placed at frame t's centre.
+    # Frames on a grid through the edge, one more before the first scored one for its difference.
+    reach = max(int(config.edge_window_s * sample_rate) // hop, 0)
+    centres = edge + hop * np.arange(-reach - 1, reach + 1)
+    mag = np.log1p(config.flux_gamma * np.abs(_local_stft(x, centres, n_fft)))
+    mag_hat = np.log1p(config.flux_gamma * np.abs(_local_stft(x_hat, centres, n_fft)))
+    # flux_t compares frame t with t-1, so it is placed at frame t's centre (all within reach).
     flux = np.sum(np.maximum(np.diff(mag, axis=1), 0.0) ** 2, axis=0)
     flux_hat = np.sum(np.maximum(np.diff(mag_hat, axis=1), 0.0) ** 2, axis=0)
-    centres = np.arange(1, mag.shape[1]) * hop
-    near = np.abs(centres - edge) <= max(config.edge_window_s * sample_rate, hop / 2)
     eps = 1e-12
-    return 10.0 * math.log10((float(flux_hat[near].sum()) + eps) / (float(flux[near].sum()) + eps))
+    return 10.0 * math.log10((float(flux_hat.sum()) + eps) / (float(flux.sum()) + eps))
 
 
 def edge_diff_energy_ratio_db(original, restored, sample_rate: int, edge: int,
