@@ -91,13 +91,17 @@ def edm_sampler(
     guidance : posterior guidance; ``None`` samples the prior.
     config : schedule and churn (:class:`SamplerConfig`).
     seed : seeds the CPU generator of the initial and churn noise.
-    device : where ``denoiser`` runs.
+    device : where ``denoiser`` runs (``"auto"``: CUDA when available).
     progress : show a tqdm bar over the steps.
 
     Returns
     -------
     x : (B, N) float32 samples at sigma = 0, on ``device``.
     """
+    if device == "auto":
+        from simdps.diffusion.checkpoint import resolve_device
+
+        device = resolve_device("auto")
     device = torch.device(device)
     sigmas = geometric_sigmas(config.steps, config.sigma_max, config.sigma_min).tolist()
     generator = torch.Generator().manual_seed(int(seed))
