@@ -9,7 +9,7 @@ channels)``. Every channel is restored; the diffusion model sees the channels as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,7 +88,18 @@ def model_window(view: TrackView, gap_index: int, info: dict, cfg: RestoreConfig
     g0, g1 = view.gaps[gap_index]
     return plan_window(g0, g1, view.frames, view.sample_rate, model_rate=int(info["sample_rate"]),
                        segment_samples=int(info["segment_samples"]), context_s=cfg.context_s,
-                       max_window_factor=cfg.max_window_factor)
+                       max_window_factor=cfg.max_window_factor, valid_length=_valid_length(info))
+
+
+def _valid_length(info: dict) -> Callable[[int], int] | None:
+    """The network's accepted lengths, from the checkpoint's model configuration (if ``info`` has it)."""
+    if not isinstance(info.get("model"), dict):
+        return None
+    from simdps.config import from_dict
+    from simdps.diffusion.unet import UNetConfig, valid_length
+
+    config = from_dict(UNetConfig, info["model"])
+    return lambda n: valid_length(n, config)
 
 
 def fill_model(view: TrackView, gap_index: int, denoiser: Any, info: dict, cfg: RestoreConfig, *,

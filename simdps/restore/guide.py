@@ -150,7 +150,8 @@ class GuideFinder:
                                      k=self.k, cfg=self.cfg, **signals)
         k = self.k + len(self.gaps)  # room for the candidates skipped for overlapping other gaps
         if self.index is not None:
-            found = self.index.search(self.mono, self.sample_rate, gap=(gap.start_s, gap.end_s), k=k)
+            found = self.index.search(self.mono, self.sample_rate, gap=(gap.start_s, gap.end_s), k=k,
+                                      path=self.path)
         else:
             found = _search_track_or_none(self.mono, self.sample_rate, gap, k, self.cfg, self.path)
         keep = []

@@ -37,7 +37,6 @@ from simdps.restore.trackview import TrackView
 
 __all__ = ["restore", "output_paths"]
 
-_PRESET_W_GUIDE = {"dps": 0.0, "simdps-l": 0.15, "simdps-h": 0.04}
 
 
 def output_paths(track: Path, methods: Sequence[str], output: str | os.PathLike | None,
@@ -249,7 +248,9 @@ def _fill_one(m: str, view: TrackView, i: int, guide: Guide | None, denoiser: An
         record.match_ratio = rho
         preset = "simdps-l" if w_guide > 0 else "dps"
     else:
-        preset, w_guide = m, _PRESET_W_GUIDE[m]
+        from simdps.diffusion.guidance import PRESETS
+
+        preset, w_guide = m, PRESETS[m].w_guide
     seed = cfg.seed + i
     result = fill_model(view, i, denoiser, info, cfg, preset=preset, w_guide=w_guide, guide=guide,
                         seed=seed, progress=progress)

@@ -54,11 +54,14 @@ class Window:
 
 def plan_window(gap_start: int, gap_end: int, n_frames: int, sample_rate: int, *,
                 model_rate: int, segment_samples: int, context_s: float = 1.0,
-                max_window_factor: float = 2.0) -> Window:
+                max_window_factor: float = 2.0,
+                valid_length: Callable[[int], int] | None = None) -> Window:
     """Place the window for the gap ``[gap_start, gap_end)`` (track samples).
 
-    The window holds ``max(segment, gap + 2 context)`` model samples, centred on the gap
-    and shifted to lie inside the track when the track is long enough.
+    The window holds ``max(segment, gap + 2 context)`` model samples, rounded up to a
+    length the network accepts (``valid_length``; the CQT U-Net takes powers of two) so
+    that the model sees more real context rather than padding, centred on the gap and
+    shifted to lie inside the track when the track is long enough.
 
     Raises
     ------
@@ -78,6 +81,8 @@ def plan_window(gap_start: int, gap_end: int, n_frames: int, sample_rate: int, *
             "split it into shorter gaps, or use --method lpc or sim"
         )
     model_length = max(segment_samples, need)
+    if valid_length is not None:
+        model_length = int(valid_length(model_length))
     length = int(math.ceil(model_length * sample_rate / model_rate))
     start = gap_start - (length - (gap_end - gap_start)) // 2
     if n_frames >= length:
