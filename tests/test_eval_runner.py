@@ -107,7 +107,7 @@ def test_resume_restores_only_what_is_missing(recordings, tmp_path):
     config = EvalConfig(excerpts=EXCERPTS, methods=("lpc", "sim"), notes=False, plots=False)
     run_evaluation(recordings, out, config, progress=False)
     manifest = json.loads((out / "excerpts.json").read_text())["excerpts"]
-    assert {e["track"] for e in manifest} == {str(recordings / "piece0.wav"), str(recordings / "piece1.wav")}
+    assert {e["track"] for e in manifest} == {str((recordings / f"piece{k}.wav").resolve()) for k in range(2)}
     first = manifest[0]["excerpt_id"]
     (out / "results" / first / "sim.json").unlink()  # as if interrupted before this result
     sim_before, _ = sf.read(out / "audio" / first / "sim.wav")
@@ -126,6 +126,29 @@ def test_changed_settings_are_refused_on_resume(recordings, tmp_path):
     with pytest.raises(SimDPSError, match="steps differ"):
         run_evaluation(recordings, out, EvalConfig(excerpts=EXCERPTS, methods=("lpc",), steps=3, notes=False),
                        progress=False)
+
+
+def test_guides_come_from_the_index_when_it_holds_the_better_match(tmp_path):
+    from simdps.retrieval.api import Index
+
+    music = 0.5 * piano_like(16.0, SR, seed=5)  # no repeats: the track itself holds no good guide
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "corpus").mkdir()
+    sf.write(tmp_path / "rec" / "take1.wav", music, SR, subtype="PCM_16")
+    other_take = music + 1e-3 * np.random.default_rng(1).standard_normal(music.size)
+    sf.write(tmp_path / "corpus" / "take2.wav", other_take, SR, subtype="PCM_16")
+    Index.build(tmp_path / "corpus", tmp_path / "index")
+    config = EvalConfig(excerpts=dataclasses.replace(EXCERPTS, count=1), methods=("sim",),
+                        index=str(tmp_path / "index"), notes=False, plots=False)
+    result = run_evaluation(tmp_path / "rec", tmp_path / "out", config, progress=False)
+    excerpt = json.loads((tmp_path / "out" / "excerpts.json").read_text())["excerpts"][0]
+    facts = json.loads((tmp_path / "out" / "results" / excerpt["excerpt_id"] / "sim.json").read_text())
+    assert facts["guide"]["source"] == "index" and facts["guide"]["path"].endswith("take2.wav")
+    # The other take's gap is found to within a refinement step, so Sim scores far above LPC-like noise.
+    gap_start = excerpt["start_sample"] + excerpt["gap_start_sample"]
+    assert abs(facts["guide"]["start_sample"] - gap_start) <= SR * 0.005
+    assert facts["scores"]["snr_db"] > 10.0
+    assert result.failures == ()
 
 
 def test_methods_are_parsed_and_checked():

@@ -108,8 +108,8 @@ class Excerpt:
 
 
 def find_recordings(folder: str | os.PathLike) -> list[Path]:
-    """Audio files under ``folder`` (recursive, by extension), sorted by path."""
-    folder = Path(folder)
+    """Audio files under ``folder`` (recursive, by extension), sorted, as absolute paths."""
+    folder = Path(folder).resolve()
     if not folder.is_dir():
         raise SimDPSError(f"{folder}: not a folder; pass the folder that holds the test recordings")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
