@@ -151,6 +151,17 @@ def test_guides_come_from_the_index_when_it_holds_the_better_match(tmp_path):
     assert result.failures == ()
 
 
+def test_an_output_folder_inside_the_recordings_is_not_read_as_recordings(recordings):
+    out = recordings / "eval"
+    config = EvalConfig(excerpts=dataclasses.replace(EXCERPTS, count=4), methods=("lpc",), notes=False, plots=False)
+    run_evaluation(recordings, out, config, progress=False)
+    (out / "excerpts.json").unlink()  # choose again, now that eval/audio holds WAV files
+    (out / "eval_config.json").unlink()
+    run_evaluation(recordings, out, config, progress=False)
+    manifest = json.loads((out / "excerpts.json").read_text())["excerpts"]
+    assert {e["track"] for e in manifest} == {str((recordings / f"piece{k}.wav").resolve()) for k in range(2)}
+
+
 def test_methods_are_parsed_and_checked():
     assert parse_methods("lpc, SIM,lpc") == ("lpc", "sim")
     assert parse_methods("all") == ("lpc", "sim", "dps", "simdps-l", "simdps-h", "auto")

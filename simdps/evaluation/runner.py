@@ -217,7 +217,11 @@ def _excerpts_for(recordings_dir: Path, out: Path, config: EvalConfig) -> list[E
         if missing:
             raise SimDPSError(f"recordings of this evaluation are gone: {', '.join(missing)}")
         return excerpts
-    excerpts = choose_excerpts(find_recordings(recordings_dir), config.excerpts)
+    # An output folder inside the recordings folder must not feed its own audio back in.
+    paths = [p for p in find_recordings(recordings_dir) if not p.is_relative_to(out.resolve())]
+    if not paths:
+        raise SimDPSError(f"{recordings_dir}: no recordings outside the output folder {out}")
+    excerpts = choose_excerpts(paths, config.excerpts)
     write_manifest(manifest, recordings_dir, config.excerpts, excerpts)
     return excerpts
 
