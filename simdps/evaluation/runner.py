@@ -1,9 +1,9 @@
 """The evaluation loop behind ``simdps-eval``: excerpts -> retrieval -> restoration -> scores -> reports.
 
 For each excerpt (:mod:`~simdps.evaluation.excerpts`) the guide candidates are retrieved
-once, from the whole track around the excerpt's gap (the gap's exclusion zone is the
-search's own business, :func:`simdps.retrieval.track.search_track`) and from the index
-when one is given, and shared by every guided method. Each method then restores the gap
+once, from the whole track around the excerpt's gap (the gap's own context is excluded
+by the search, :func:`simdps.retrieval.track.search_track`) and from the index when one
+is given, and shared by every guided method (:mod:`~simdps.evaluation.restoration`). Each method then restores the gap
 of the excerpt window alone, and the result is scored against the original
 (:func:`~simdps.evaluation.metrics.gap_metrics`, plus the note score when basic-pitch is
 installed). Everything lands under the output folder::
