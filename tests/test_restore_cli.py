@@ -245,8 +245,8 @@ def test_guide_audio_is_searched_or_taken_at_a_fixed_position(tmp_path, checkpoi
     take_sr = 22_050
     from simdps.audio import resample
 
-    take = np.concatenate([np.zeros((int(1.5 * SR), 1)), 0.5 * x])
-    take = resample(np.repeat(take, 2, axis=1), SR, take_sr)
+    take = np.concatenate([np.zeros((int(1.5 * SR), 1)), x])
+    take = resample(take * [0.6, 0.2], SR, take_sr)  # stereo, channels at different levels
     sf.write(tmp_path / "take.wav", take, take_sr, subtype="PCM_16")
     common = [str(path), *gap_args([gap]), "--method", "sim", "--force"]
     run_cli([*common, "--guide-audio", str(tmp_path / "take.wav"), "--report", str(tmp_path / "a.json")])
@@ -256,11 +256,18 @@ def test_guide_audio_is_searched_or_taken_at_a_fixed_position(tmp_path, checkpoi
     assert guide["channels"] == "mono"  # a stereo guide for a mono track: its mono mix
     restored, _ = sf.read(tmp_path / "t.restored.wav")
     mid = slice(int(5.1 * SR), int(5.9 * SR))
-    np.testing.assert_allclose(restored[mid], 0.5 * x[mid, 0], atol=0.01)
+    np.testing.assert_allclose(restored[mid], 0.4 * x[mid, 0], atol=0.01)  # the take's mono mix
 
     run_cli([*common, "--guide-audio", f"{tmp_path / 'take.wav'}@7.25", "--report", str(tmp_path / "b.json")])
     guide = json.loads((tmp_path / "b.json").read_text())["gaps"][0]["guide"]
     assert guide["fixed"] and guide["start_s"] == pytest.approx(7.25, abs=1e-4)
+
+
+def test_a_guide_source_the_method_does_not_use_is_noted(tmp_path, track_file, capsys):
+    run_cli([str(track_file), "--gap", "2:3", "--method", "lpc", "--guide-audio", str(track_file),
+             "--report", str(tmp_path / "r.json")])
+    assert "--guide-audio not used" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["notes"] == ["--guide-audio not used: method lpc takes no guide"]
 
 
 def test_index_supplies_the_guide(tmp_path):

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import piano_like
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.restore.auto import AutoWeightConfig, auto_guide_weight
 from simdps.restore.guide import parse_guide_audio

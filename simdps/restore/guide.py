@@ -190,7 +190,6 @@ class GuideFinder:
                 return data[:, ch] if ch >= 0 else to_mono(data)
 
             n_source, per_channel = info.frames, info.channels == channels
-        per_channel = per_channel or channels == 1
         record = GuideRecord(
             source={"track": "track", "index": "index", "guide": "guide-audio"}.get(cand.source, cand.source),
             path=cand.path, start_s=float(cand.start_s), start_sample=int(cand.start_sample),

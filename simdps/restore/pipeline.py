@@ -160,7 +160,17 @@ def restore(
 
     base = TrackView(native, gap_samples)
     finder = None
-    if any(m in GUIDED_METHODS for m in methods):
+    notes: list[str] = []
+    if not any(m in GUIDED_METHODS for m in methods):
+        for flag, value in (("--index", index), ("--guide-audio", guide_path)):
+            if value is not None:
+                if not Path(value).exists():
+                    raise SimDPSError(f"{flag} {value}: no such file or folder")
+                notes.append(f"{flag} not used: method {method} takes no guide")
+    else:
+        if index is not None and guide_path is not None:
+            notes.append("--index not used: --guide-audio gives the guide")
+            index = None
         finder = GuideFinder(base, str(track), index_dir=index, guide_audio=guide_path,
                              guide_start_s=guide_start_s, k=cfg.k, cfg=cfg.search)
 
@@ -180,7 +190,7 @@ def restore(
         channels=native.channels, subtype=native.info.subtype, methods=list(methods),
         device=_device_name(denoiser), checkpoint=_checkpoint_facts(info), index=None if index is None else str(index),
         guide_audio=None if guide_audio is None else str(guide_audio), config=asdict(cfg),
-        version=_version(),
+        notes=notes, version=_version(),
     )
 
     # 2. Gap by gap, method by method.

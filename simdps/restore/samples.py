@@ -34,7 +34,8 @@ __all__ = [
 # Subtypes stored as integers of a fixed width: the bit depth we quantise gap samples to.
 _PCM_BITS = {
     "PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32,
-    # mu-law and A-law decode to 16-bit integers; re-encoding a decoded code gives the same code.
+    # mu-law and A-law decode to 16-bit integers; re-encoding a decoded sample gives the same
+    # sample (mu-law's two codes for zero may swap, both decode to 0).
     "ULAW": 16, "ALAW": 16,
 }
 _FLOAT_DTYPES = {"FLOAT": np.float32, "DOUBLE": np.float64}
