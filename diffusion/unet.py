@@ -311,6 +311,7 @@ class CQTUNet(nn.Module):
             k_o = coeffs[o].shape[1]
             y = self.heads[o](h[:, :, :k_o])  # (B, 2 p, K_o, T_o / p)
             y = y.unflatten(1, (2, -1)).permute(0, 1, 3, 4, 2).flatten(-2)  # un-patch time -> (B, 2, K_o, T_o)
+            y = y.float()  # torch.complex has no bf16 kernel (CUDA autocast); the CQT runs in float32
             outputs.append(torch.complex(y[:, 0], y[:, 1]))
             h = h[:, :, k_o:]
         return cqt.inverse(outputs)
