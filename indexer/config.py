@@ -30,9 +30,9 @@ class IndexConfig:
 
     search: SearchConfig = field(default_factory=SearchConfig)
     stft_frame_dims: int = 64  # per-frame PCA of the 513-bin magnitude (first reduction)
-    stft_dims: int = 48  # PCA of the weighted STFT context block
-    chroma_dims: int = 16  # PCA of the weighted chroma context block
-    pca_train_positions: int = 20_000  # context blocks sampled to fit the PCA
+    stft_dims: int = 96  # PCA of the weighted STFT context block
+    chroma_dims: int = 32  # PCA of the weighted chroma context block
+    pca_train_positions: int = 10_000  # context blocks sampled to fit the PCA
     pca_train_files: int = 64  # at most this many files decoded for the PCA sample
     factory: str | None = None  # FAISS index_factory string; None = chosen by corpus size
     flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ

@@ -26,6 +26,7 @@ from simdps.indexer.layout import folder_bytes, gen_dir
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.index_search import (
     SearchParams,
+    ann_query,
     TrackTable,
     hash_if_file,
     is_query_track,
@@ -122,7 +123,7 @@ class Index:
 
     def search(self, audio: np.ndarray, sr: int, gap: Gap | tuple[float, float], k: int = 10, *,
                include_track: bool = True, path: str | os.PathLike | None = None,
-               params: SearchParams | None = None) -> list[Candidate]:
+               params: SearchParams | None = None, refine_offsets: bool = True) -> list[Candidate]:
         """The ``k`` best segments to fill ``gap`` of ``audio``, lowest ``J`` first.
 
         Parameters
@@ -135,6 +136,9 @@ class Index:
         path : the query's file, if it has one: identifies it in the corpus (the in-track
             exclusion applies to it) and names its own candidates.
         params : ANN and re-score knobs (:class:`SearchParams`).
+        refine_offsets : apply eq. 11. ``False`` returns the corpus candidates at their
+            frame-grid starts with the exact ``J`` there (what the exhaustive search
+            computes, so recall can be measured against it).
 
         Raises
         ------
@@ -146,7 +150,8 @@ class Index:
         cfg = self.config.search
         query = prepare_query(audio, sr, gap, cfg)
         with _one_blas_thread():
-            found = self._search_index(query, k, params, path, exclude_query_track=include_track)
+            found = self._search_index(query, k, params, path, exclude_query_track=include_track,
+                                       refine_offsets=refine_offsets)
         if include_track:
             from simdps.retrieval.track import search_track
 
@@ -158,15 +163,16 @@ class Index:
         found.sort(key=lambda c: (c.cost, c.path, c.start_sample))
         return found[:k]
 
-    def _search_index(self, query, k: int, params: SearchParams, query_path, *, exclude_query_track: bool
-                      ) -> list[Candidate]:
+    def _search_index(self, query, k: int, params: SearchParams, query_path, *, exclude_query_track: bool,
+                      refine_offsets: bool = True) -> list[Candidate]:
         cfg = self.config.search
         if len(self.tracks) == 0:
             return []
         if params.nprobe is not None:
             for idx in self._faiss.values():
                 store.set_search_params(idx, nprobe=params.nprobe)
-        ctx = query.context
+        ann = ann_query(query, cfg)
+        ctx = ann.context
         hits = {}
         for side, block, extent in (("pre", ctx.pre, ctx.pre_extent), ("post", ctx.post, ctx.post_extent)):
             idx = self._faiss[side]
@@ -176,7 +182,7 @@ class Index:
             vec = self.pca.embed_block(block, side)[None, :]
             dist, ids = idx.search(vec, min(params.k_ann, idx.ntotal))
             hits[side] = (dist[0], ids[0])
-        merged = merge_hits(self.tracks, query.length12, cfg.coarse_hop, hits["pre"], hits["post"])
+        merged = merge_hits(self.tracks, ann, cfg.coarse_hop, hits["pre"], hits["post"])
         query_path = str(query_path) if query_path is not None else None
         query_hash = hash_if_file(query_path)
         own: dict[int, bool] = {}
@@ -204,10 +210,8 @@ class Index:
                 bounds = ((0, query.gap_start - context - length) if start < query.gap_start
                           else (query.gap_end + context, int(tracks.frames[c.track]) - length))
             rescored += 1
-            hit = rescore(query, c, tracks.path[c.track], int(tracks.sample_rate[c.track]),
-                          int(tracks.frames[c.track]), cfg, bounds=bounds)
-            if hit is not None:
-                hits.append(hit)
+            hits += rescore(query, c, tracks.path[c.track], int(tracks.sample_rate[c.track]),
+                            int(tracks.frames[c.track]), cfg, bounds=bounds)
         # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
         hits.sort(key=lambda h: (h.cost, h.path, h.start12))
         best: list = []
@@ -216,6 +220,8 @@ class Index:
                 best.append(h)
                 if len(best) == k:
                     break
+        if not refine_offsets:
+            return [_grid_candidate(h, cfg) for h in best]
         out = [c for c in (refine(query, h, cfg) for h in best) if c is not None]
         return _distinct(out, cfg.coarse_hop / cfg.sample_rate)
 
@@ -258,6 +264,13 @@ class Index:
                                                 "files_unchanged", "files_removed", "files_failed")}
             if last else None,
         }
+
+
+def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:
+    """A frame-grid hit as a candidate (start rounded to the source's rate), its exact J unchanged."""
+    start = int(round(hit.start12 * hit.sr / cfg.sample_rate))
+    return Candidate(hit.path, start / hit.sr, start, hit.sr, hit.cost, hit.cost_stft, hit.cost_chroma,
+                     source="index")
 
 
 class _one_blas_thread:

@@ -6,20 +6,26 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    (starting at ``te``) are embedded like the corpus (``indexer/embed.py``) and each
    searched in its FAISS index: a pre hit at position ``p`` proposes the start
    ``t_hat = p``, a post hit at ``q`` proposes ``t_hat = q - L``.
-2. **Merge.** Proposals of one track within ``Lh/2`` of each other are one candidate.
-   Its approximate cost is ``D_pre + D_post`` (squared embedding distances, ~ the
-   side parts of ``a_1 d_1^2 + a_2 d_2^2``); a side with no hit near it is bounded below
-   by the largest distance FAISS returned for that side (anything not returned is at
-   least that far). Candidates are ranked by that bound.
+2. **Merge.** The ANN query is aligned to the index grid (:class:`AnnQuery`), so a pre
+   hit and a post hit of one candidate meet exactly. A candidate's approximate cost is
+   ``D_pre + D_post`` (squared embedding distances, ~ the side parts of
+   ``a_1 d_1^2 + a_2 d_2^2``); a side with no hit is bounded below by the largest
+   distance FAISS returned for that side (anything not returned is at least that far).
+   Candidates are ranked by that bound.
 3. **Exact re-score.** The best ``n_rescore`` are re-scored with ``J`` of eq. 10 at full
-   frame resolution (every 256-sample start within ``Lh/2``), from features recomputed
-   on a window of the source decoded around the candidate (soundfile seek; only
-   ``Lc + L + Lc`` plus margins are read).
+   frame resolution (every start on the source's 256-sample frame grid within ``Lh``),
+   from features recomputed on a window of the source decoded around the candidate
+   (soundfile seek; only ``Lc + L + Lc`` plus margins are read). All re-scored starts
+   then compete together, a start within ``Lh`` of a better one in the same file being
+   the same match (the exhaustive search's rule).
 4. **eq. 11.** The ``k`` best (distinct: a start within ``Lh`` of a better one in the same
-   file is the same match) are refined to the sample at the source's native rate over
-   offsets in ``[-Lh/2, +Lh/2]`` (``retrieval/refine.py``), and ``J`` is evaluated again
-   at the refined start, which ranks the final list. (Refining only these ``k`` keeps
-   the latency down: the refinement costs about as much as the re-score.)
+   file is the same match) are refined to the sample at the source's native rate by
+   eq. 11 (``retrieval/refine.py``), and ``J`` is evaluated again at the refined start,
+   which ranks the final list. Step 3 already located the optimum on the frame grid, so
+   the coarse hop eq. 11 refines is the frame hop: offsets within ``+-hop/2`` (as in the
+   in-track search), not ``+-Lh/2`` of the ANN grid, whose wider window lets the two-sample
+   boundary criterion wander to starts of clearly worse ``J``. (Refining only these ``k``
+   keeps the latency down: a refinement costs about as much as a re-score.)
 
 When the query's own file is in the corpus, its candidates obey the in-track rule
 (``retrieval/track.py``): no segment overlapping the gap or its ``Lc`` context.
@@ -43,16 +49,16 @@ from simdps.retrieval.cost import QueryContext, costs_at, grid_costs, query_cont
 from simdps.retrieval.features import search_signal
 from simdps.retrieval.refine import refine_half_width, refine_start
 
-__all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "Coarse", "merge_hits", "FrameHit", "rescore",
-           "refine"]
+__all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "AnnQuery", "ann_query", "Coarse",
+           "merge_hits", "FrameHit", "rescore", "refine"]
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of one index query (defaults tuned in benchmarks/bench_index.py)."""
 
-    k_ann: int = 64  # FAISS neighbours per context side
-    n_rescore: int = 16  # merged candidates re-scored exactly from the source audio
+    k_ann: int = 256  # FAISS neighbours per context side
+    n_rescore: int = 32  # merged candidates re-scored exactly from the source audio
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
 
     def __post_init__(self):
@@ -137,6 +143,37 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
     return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context)
 
 
+@dataclass(frozen=True)
+class AnnQuery:
+    """The query context the ANN stage compares, aligned to the index grid.
+
+    The corpus holds pre-contexts ending and post-contexts starting at multiples of Lh.
+    A candidate's two contexts are ``L`` apart, generally not a multiple of Lh, so at most
+    one side could sit on the grid. The ANN stage therefore widens the gap to
+    ``[ts - a, te + b)`` with ``a + b = (-L) mod Lh`` (split evenly): both widened contexts of
+    a candidate then lie on the grid, a pre hit ``p`` and a post hit ``q`` belong to the
+    same candidate exactly when ``q - p = L + a + b``, and the candidate starts at
+    ``p + a``. The up to Lh/2 samples dropped beside each gap edge only affect this
+    approximate stage; the exact re-score uses the true context.
+    """
+
+    context: QueryContext
+    lead: int  # a: samples between the widened and the true gap start
+    span: int  # L + a + b, a multiple of Lh
+
+
+def ann_query(query: Query, cfg: SearchConfig) -> AnnQuery:
+    lh = cfg.coarse_hop
+    rest = (-query.length12) % lh
+    lead = rest // 2
+    if query.gs12 - lead < cfg.n_fft:  # no pre-context to speak of: widen after the gap only
+        lead = 0
+    elif len(query.y12) - (query.ge12 + rest - lead) < cfg.n_fft:  # likewise before the gap
+        lead = rest
+    ctx = query_context(query.y12, query.gs12 - lead, query.ge12 + rest - lead, cfg)
+    return AnnQuery(ctx, lead, query.length12 + rest)
+
+
 @dataclass
 class Coarse:
     """A merged ANN candidate: track index, start at 12 kHz, and its approximate cost."""
@@ -148,11 +185,15 @@ class Coarse:
     bound: float = math.inf
 
 
-def merge_hits(tracks: TrackTable, length12: int, coarse_hop: int,
+def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
                pre: tuple[np.ndarray, np.ndarray] | None,
                post: tuple[np.ndarray, np.ndarray] | None) -> list[Coarse]:
-    """Step 2 of the module docstring: FAISS ``(distances, ids)`` per side -> ranked candidates."""
-    proposals: list[tuple[int, int, str, float]] = []
+    """Step 2 of the module docstring: FAISS ``(distances, ids)`` per side -> ranked candidates.
+
+    A candidate's approximate cost is ``D_pre + D_post``; a side without a hit is bounded
+    below by the largest distance FAISS returned for that side.
+    """
+    found: dict[tuple[int, int], Coarse] = {}
     floor = {"pre": 0.0, "post": 0.0}
     for side, hits in (("pre", pre), ("post", post)):
         if hits is None:
@@ -165,25 +206,17 @@ def merge_hits(tracks: TrackTable, length12: int, coarse_hop: int,
         for d, tr, mm in zip(dist[valid], track, m):
             if tr < 0:
                 continue
-            pos = int(mm) * coarse_hop
-            proposals.append((int(tr), pos if side == "pre" else pos - length12, side, float(d)))
-    proposals.sort(key=lambda p: (p[0], p[1]))
-    merged: list[Coarse] = []
-    half = coarse_hop // 2
-    for tr, start, side, d in proposals:
-        last = merged[-1] if merged else None
-        if last is not None and last.track == tr and abs(start - last.start12) <= half:
-            current = last.d_pre if side == "pre" else last.d_post
-            if current is None or d < current:
-                setattr(last, "d_" + side, d)
-                if side == "pre":
-                    last.start12 = start  # pre hits sit on the frame grid of the source
-            continue
-        merged.append(Coarse(tr, start, d if side == "pre" else None, d if side == "post" else None))
+            p = int(mm) * coarse_hop if side == "pre" else int(mm) * coarse_hop - ann.span
+            c = found.setdefault((int(tr), p), Coarse(int(tr), p + ann.lead, None, None))
+            if side == "pre":
+                c.d_pre = float(d) if c.d_pre is None else min(c.d_pre, float(d))
+            else:
+                c.d_post = float(d) if c.d_post is None else min(c.d_post, float(d))
+    merged = list(found.values())
     for c in merged:
         c.bound = ((c.d_pre if c.d_pre is not None else floor["pre"])
                    + (c.d_post if c.d_post is not None else floor["post"]))
-    merged.sort(key=lambda c: c.bound)
+    merged.sort(key=lambda c: (c.bound, c.track, c.start12))
     return merged
 
 
@@ -210,8 +243,10 @@ class FrameHit:
     path: str
     sr: int
     frames: int
-    start12: int  # best start on the frame grid, 12 kHz samples in the source
-    cost: float  # exact J there
+    start12: int  # start on the frame grid, 12 kHz samples in the source
+    cost: float  # exact J there (eq. 10), and its parts a_1 d_1, a_2 d_2
+    cost_stft: float
+    cost_chroma: float
     window: "_Window"
     s12: np.ndarray  # the 12 kHz window, sample k at source time (w0 + k) / 12000
     w0: int
@@ -219,20 +254,24 @@ class FrameHit:
 
 
 def rescore(query: Query, coarse: Coarse, path: str, sr_s: int, frames: int, cfg: SearchConfig,
-            *, bounds: tuple[int, int] | None = None) -> FrameHit | None:
-    """Step 3 for one candidate: exact ``J`` at every frame-grid start within ``Lh/2``.
+            *, bounds: tuple[int, int] | None = None) -> list[FrameHit]:
+    """Step 3 for one candidate: exact ``J`` at every frame-grid start within ``Lh``.
 
-    ``None`` if no such start fits the source (or ``bounds``: native samples, inclusive,
-    limiting the refined start, the in-track rule).
+    Returns every such start that fits the source (and ``bounds``: native samples,
+    inclusive, limiting the refined start, the in-track rule); the caller keeps the best
+    distinct ones across all candidates, as the exhaustive search would.
     """
     ctx = query.context
     hop, lh = cfg.hop_length, cfg.coarse_hop
-    t = coarse.start12
+    # Starts on the source's own frame grid (multiples of hop from its first sample, as the
+    # exhaustive search evaluates them), within Lh of the ANN candidate: the optimum
+    # between two grid candidates may belong to the one the ANN ranked higher.
+    t = int(round(coarse.start12 / hop)) * hop
     lead = -(-ctx.pre_extent // hop) * hop  # pre-context rounded up to the frame grid
-    w0 = t - lh - lead  # t - w0 is a multiple of hop: the window's grid holds t
+    w0 = t - lh - lead  # a multiple of hop: the window's grid is the source's grid
     w1 = t + lh + query.length12 + ctx.post_extent + hop
     ratio = sr_s / cfg.sample_rate
-    half_width = refine_half_width(lh, sr_s, cfg)
+    half_width = refine_half_width(hop, sr_s, cfg)
     boundary = int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 2
     margin = int(math.ceil(0.05 * sr_s)) + half_width + boundary
     window = _Window(path, frames, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin)
@@ -243,13 +282,15 @@ def rescore(query: Query, coarse: Coarse, path: str, sr_s: int, frames: int, cfg
     s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate).astype(np.float32)
     costs = grid_costs(ctx, s12, cfg)
     starts = costs.starts + w0
-    near = np.abs(starts - t) <= lh // 2
+    # Whole context inside the source, as the exhaustive search (grid_costs) requires.
+    n12 = int(frames * cfg.sample_rate // sr_s)
+    keep = (np.abs(starts - t) <= lh) & (starts - ctx.pre_extent >= 0) & \
+        (starts + query.length12 + ctx.post_extent <= n12)
     if bounds is not None:
-        near &= (starts * ratio >= bounds[0] - half_width) & (starts * ratio <= bounds[1] + half_width)
-    if not near.any():
-        return None
-    best = int(np.argmin(np.where(near, costs.total, np.inf)))
-    return FrameHit(path, sr_s, frames, int(starts[best]), float(costs.total[best]), window, s12, w0, bounds)
+        keep &= (starts * ratio >= bounds[0] - half_width) & (starts * ratio <= bounds[1] + half_width)
+    return [FrameHit(path, sr_s, frames, int(starts[i]), float(costs.total[i]), float(costs.stft[i]),
+                     float(costs.chroma[i]), window, s12, w0, bounds)
+            for i in np.flatnonzero(keep)]
 
 
 def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
@@ -262,8 +303,9 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
     if hi < lo:
         return None
     window = hit.window
+    # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it.
     refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s,
-                           int(round(hit.start12 * ratio)) - window.lo, refine_half_width(cfg.coarse_hop, sr_s, cfg),
+                           int(round(hit.start12 * ratio)) - window.lo, refine_half_width(cfg.hop_length, sr_s, cfg),
                            cfg, bounds=(lo - window.lo, hi - window.lo))
     start = refined.start_sample + window.lo
     final = costs_at(query.context, hit.s12, [int(round(start / ratio)) - hit.w0], cfg)
