@@ -466,6 +466,8 @@ class _Build:
         for shard in self.cache_dir.glob("*.npz"):
             if shard.name != PCA_FILE and shard.stem not in live_hashes:
                 shard.unlink(missing_ok=True)
+        for partial in self.cache_dir.glob(".*.tmp"):  # a shard being written when a build was killed
+            partial.unlink(missing_ok=True)
 
 
 def _next_row(table: pa.Table | None) -> int:

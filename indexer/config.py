@@ -36,8 +36,8 @@ class IndexConfig:
     pca_train_files: int = 64  # at most this many files decoded for the PCA sample
     factory: str | None = None  # FAISS index_factory string; None = chosen by corpus size
     flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ
-    pq_m: int = 16  # PQ sub-quantizers of the default IVF-PQ
-    pq_nbits: int = 8  # bits per sub-quantizer code
+    pq_m: int = 32  # PQ sub-quantizers of the default IVF-PQ (4 dims each)
+    pq_nbits: int = 4  # bits per sub-quantizer code: 32 x 4 bits = 16 bytes a vector
     train_vectors_per_list: int = 64  # IVF training sample = this x nlist (FAISS: 30..256)
     nprobe: int = 32  # IVF lists visited per query
     ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used

@@ -1,0 +1,227 @@
+"""simdps-index build: catalog, FAISS and Parquet stay consistent through incremental,
+interrupted and failing builds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from conftest import piano_like
+
+from simdps.errors import GapError, SimDPSError
+from simdps.indexer.build import build_index
+from simdps.indexer.catalog import Catalog, default_url, schema_sql
+from simdps.indexer.config import IndexConfig
+from simdps.indexer.layout import gen_dir, list_generations
+from simdps.retrieval.api import Index
+
+SMALL = IndexConfig(stft_dims=32, chroma_dims=16, pca_train_positions=1500)
+SR = 16_000
+
+
+def write(path: Path, seconds: float, seed: int, sr: int = SR, gain: float = 1.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, gain * piano_like(seconds, sr, seed=seed), sr)
+    return path
+
+
+def check_consistent(index_dir: Path, corpus: Path) -> dict:
+    """The live generation, its FAISS indexes, Parquet positions and the catalog agree."""
+    cat = Catalog(default_url(index_dir), create=False)
+    gen = cat.live_generation()
+    tracks = cat.tracks()
+    cat.dispose()
+    gdir = gen_dir(index_dir, gen)
+    assert list_generations(index_dir) == [gen], "only the live generation is on disk"
+    assert not [p for p in index_dir.iterdir() if ".tmp" in p.name]
+    table = pq.read_table(gdir / "positions.parquet").to_pydict()
+    ids = np.array(table["id"])
+    assert np.all(np.diff(ids) > 0)
+    ok = {t.path: t for t in tracks.values() if t.status == "ok"}
+    assert sum(t.n_positions for t in ok.values()) == len(ids)
+    by_id = {t.id: t for t in ok.values()}
+    for tid, pos, native, row in zip(table["track_id"], table["position_12k"], table["native_sample"], ids):
+        t = by_id[tid]
+        m = row - t.first_row
+        assert 0 <= m < t.n_positions and pos == m * SMALL.search.coarse_hop
+        assert native == round(pos * t.sample_rate / 12_000)
+    for side, flag in (("pre", "has_pre"), ("post", "has_post")):
+        index = faiss.read_index(str(gdir / f"{side}.faiss"))
+        assert index.ntotal == int(np.sum(table[flag]))
+        stored = np.sort(faiss.vector_to_array(faiss.downcast_index(index).id_map))
+        assert np.array_equal(stored, np.sort(ids[np.array(table[flag])]))
+    on_disk = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()}
+    assert set(tracks) <= on_disk
+    return {"generation": gen, "ok": ok, "tracks": tracks}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 12.0, 1)
+    write(root / "b.flac", 10.0, 2, sr=22_050)
+    write(root / "sub" / "deeper" / "c.wav", 9.0, 3, sr=44_100)
+    (root / "notes.txt").write_text("liner notes")
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEgarbage")
+    (root / "empty.flac").write_bytes(b"")
+    return root
+
+
+def test_build_indexes_audio_records_bad_files_and_ignores_the_rest(corpus, tmp_path):
+    index_dir = tmp_path / "idx"
+    result = build_index(corpus, index_dir, config=SMALL, progress=False)
+    s = result.stats
+    assert (s.files_seen, s.files_added, s.files_failed, s.files_ignored) == (5, 3, 2, 2)
+    assert result.factory == "Flat" and result.generation is not None
+    assert s.hours == pytest.approx((12 + 10 + 9) / 3600)
+    state = check_consistent(index_dir, corpus)
+    assert sorted(state["ok"]) == ["a.wav", "b.flac", "sub/deeper/c.wav"]
+    errors = {p: t.error for p, t in state["tracks"].items() if t.status == "error"}
+    assert sorted(errors) == ["broken.wav", "empty.flac"] and all(errors.values())
+    c = state["ok"]["sub/deeper/c.wav"]
+    assert (c.sample_rate, c.channels, c.frames) == (44_100, 1, 9 * 44_100)
+    cfg = json.loads((index_dir / "config.json").read_text())
+    assert cfg["corpus_root"] == str(corpus.resolve()) and cfg["index"]["stft_dims"] == 32
+    info = Index.open(index_dir).info()
+    assert info["tracks"] == 3 and info["failed_files"] == 2 and info["factory"] == "Flat"
+    assert info["vectors"]["pre"] > 0 and info["size_bytes"] > 0
+
+
+def test_second_build_adds_new_drops_deleted_and_skips_unchanged(corpus, tmp_path):
+    index_dir = tmp_path / "idx"
+    first = build_index(corpus, index_dir, config=SMALL, progress=False)
+    again = build_index(corpus, index_dir, progress=False)
+    assert again.generation == first.generation, "nothing changed: no new index files"
+    assert (again.stats.files_added, again.stats.files_unchanged, again.stats.files_removed) == (0, 5, 0)
+
+    write(corpus / "d.wav", 11.0, 4)  # new
+    (corpus / "a.wav").unlink()  # deleted
+    write(corpus / "b.flac", 10.0, 5, sr=22_050)  # same name, new content
+    c = corpus / "sub" / "deeper" / "c.wav"
+    os.utime(c, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same content
+    third = build_index(corpus, index_dir, progress=False)
+    s = third.stats
+    assert (s.files_added, s.files_removed, s.files_failed) == (2, 1, 0)
+    assert s.files_unchanged == 3  # c.wav (re-hashed, same content) and the two recorded bad files
+    assert third.generation != first.generation and not third.full_rebuild
+    state = check_consistent(index_dir, corpus)
+    assert sorted(state["ok"]) == ["b.flac", "d.wav", "sub/deeper/c.wav"]
+    assert state["ok"]["sub/deeper/c.wav"].mtime_ns == c.stat().st_mtime_ns
+    # the changed file's old vectors are gone: its rows are the new content's only
+    assert state["ok"]["b.flac"].build_id == state["ok"]["d.wav"].build_id
+    # and the cache keeps only live shards
+    cache = [p for p in (index_dir / "cache").rglob("*.npz") if p.name != "pca.npz"]
+    assert len(cache) == 3
+
+
+def test_build_refuses_other_embedding_settings_without_rebuild(corpus, tmp_path):
+    index_dir = tmp_path / "idx"
+    build_index(corpus, index_dir, config=SMALL, progress=False)
+    other = IndexConfig(stft_dims=24, chroma_dims=8, pca_train_positions=1500)
+    with pytest.raises(SimDPSError, match="--rebuild"):
+        build_index(corpus, index_dir, config=other, progress=False)
+    rebuilt = build_index(corpus, index_dir, config=other, rebuild=True, progress=False)
+    assert rebuilt.full_rebuild and rebuilt.stats.files_added == 3
+    assert Index.open(index_dir).pca.dim == 32
+    check_consistent(index_dir, corpus)
+
+
+@pytest.mark.slow
+def test_a_build_killed_half_way_leaves_the_live_index_and_resumes(tmp_path):
+    corpus = tmp_path / "corpus"
+    for i in range(2):
+        write(corpus / f"base{i}.wav", 10.0, 10 + i)
+    index_dir = tmp_path / "idx"
+    build_index(corpus, index_dir, config=SMALL, progress=False)
+    before = check_consistent(index_dir, corpus)
+    music = piano_like(25.0, 44_100, seed=20)
+    for i in range(10):  # ten different files (shifted, at other gains) without synthesising ten
+        sf.write(corpus / f"new{i:02d}.wav", (0.5 + 0.04 * i) * np.roll(music, 4410 * i), 44_100)
+    shard_dir = next(p for p in (index_dir / "cache").iterdir() if p.is_dir())
+    code = "from simdps.cli.index import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "build", str(corpus), "--index", str(index_dir), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(shard_dir.glob("*.npz"))) >= 2 + 3:  # pca + 2 base + >= 2 new shards done
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("*.npz")}
+    assert 5 <= len(finished) < 13, "killed half-way: some but not all new files embedded"
+
+    # The killed build left the previous generation live and searchable.
+    cat = Catalog(default_url(index_dir), create=False)
+    assert cat.live_generation() == before["generation"]
+    assert cat.last_build()["status"] == "running"
+    cat.dispose()
+    assert Index.open(index_dir).info()["tracks"] == 2
+
+    resumed = build_index(corpus, index_dir, workers=2, progress=False)
+    assert resumed.stats.files_added == 10 and resumed.stats.files_unchanged == 2
+    state = check_consistent(index_dir, corpus)
+    assert len(state["ok"]) == 12
+    # shards finished before the kill were reused, not recomputed
+    for name, mtime in finished.items():
+        assert (shard_dir / name).stat().st_mtime_ns == mtime
+    assert not list(shard_dir.glob(".*")), "no half-written shard left behind"
+    cat = Catalog(default_url(index_dir), create=False)
+    assert [b["status"] for b in cat.builds()] == ["done", "interrupted", "done"]
+    cat.dispose()
+
+
+def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
+    from simdps.cli.index import main
+
+    index_dir = tmp_path / "idx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--index", str(index_dir)])
+    assert exit_info.value.code == 2 and "build one" in capsys.readouterr().err
+
+    main(["build", str(corpus), "--index", str(index_dir), "-q", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["added"] == 3 and summary["failed"] == 2 and summary["ignored"] == 2
+    assert {e["path"] for e in summary["errors"]} == {"broken.wav", "empty.flac"}
+
+    main(["info", "--index", str(index_dir), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["tracks"] == 3 and info["factory"] == "Flat" and info["hours"] == pytest.approx(31 / 3600)
+
+    query = write(tmp_path / "query.wav", 12.0, 99)
+    main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    cands = out["candidates"]
+    assert 1 <= len(cands) <= 3
+    assert set(cands[0]) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft", "cost_chroma"}
+    assert [c["cost"] for c in cands] == sorted(c["cost"] for c in cands)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", str(query), "--gap", "11.5:13", "--index", str(index_dir)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "outside" in err and "Traceback" not in err
+    with pytest.raises(GapError, match="outside"):
+        Index.open(index_dir).search(piano_like(12.0, SR), SR, (20.0, 21.0))
+
+
+def test_corpus_folder_must_exist(tmp_path):
+    with pytest.raises(SimDPSError, match="corpus folder not found"):
+        build_index(tmp_path / "nope", tmp_path / "idx", progress=False)
+
+
+def test_schema_sql_ships_inside_the_package():
+    repo = Path(__file__).resolve().parents[1] / "schema.sql"
+    assert schema_sql() == repo.read_text(encoding="utf-8")
+    assert "CREATE TABLE IF NOT EXISTS tracks" in schema_sql()

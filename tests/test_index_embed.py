@@ -1,0 +1,104 @@
+"""Context embeddings of the index (indexer/embed.py): one vector per side and position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import piano_like
+
+from simdps.config import SearchConfig
+from simdps.errors import SimDPSError
+from simdps.indexer.config import IndexConfig
+from simdps.indexer.embed import ContextPCA, embed_track, fit_pca, grid_positions, side_extent
+from simdps.retrieval.features import context_block, frame_features
+
+CFG = SearchConfig()
+SMALL = IndexConfig(stft_dims=32, chroma_dims=16, pca_train_positions=2000)
+
+
+@pytest.fixture(scope="module")
+def signals():
+    return [piano_like(25.0, CFG.sample_rate, seed=s).astype(np.float32) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def fitted(signals):
+    feats = [frame_features(x, CFG) for x in signals]
+    return feats, fit_pca(feats, SMALL)
+
+
+def _edge(side: str, position: int) -> int:
+    return (position - CFG.n_fft) // CFG.hop_length if side == "pre" else position // CFG.hop_length
+
+
+def test_grid_has_one_row_per_coarse_hop_and_marks_the_sides_that_fit():
+    extent = side_extent(CFG)
+    assert extent == CFG.n_fft + 136 * CFG.hop_length  # 137 chroma frames of 3 s context
+    positions, has_pre, has_post = grid_positions(100_000, CFG)
+    assert np.array_equal(positions, np.arange(0, 100_001, CFG.coarse_hop))
+    assert np.array_equal(has_pre, positions >= extent)
+    assert np.array_equal(has_post, positions + extent <= 100_000)
+    with pytest.raises(SimDPSError, match="multiple of the frame hop"):
+        grid_positions(100_000, SearchConfig(coarse_hop=1000))
+
+
+def test_corpus_embeddings_equal_the_projected_context_blocks_of_eq10(fitted):
+    feats, pca = fitted
+    emb = embed_track(feats[0], pca, CFG)
+    rng = np.random.default_rng(0)
+    for side, valid, table in (("pre", emb.has_pre, emb.pre), ("post", emb.has_post, emb.post)):
+        rows = rng.choice(np.flatnonzero(valid), 6, replace=False)
+        for i in rows:
+            block = context_block(feats[0], _edge(side, int(emb.positions[i])), side, CFG)
+            np.testing.assert_allclose(table[i], pca.embed_block(block, side), atol=2e-5)
+        assert not table[~valid].any()
+
+
+def test_squared_embedding_distance_approximates_the_side_cost_from_below(fitted):
+    """||e(a) - e(b)||^2 ~ a1 d1^2 + a2 d2^2 of one side; orthonormal projections only shrink it."""
+    feats, pca = fitted
+    a, b = embed_track(feats[0], pca, CFG), embed_track(feats[1], pca, CFG)
+    rng = np.random.default_rng(1)
+    approx, exact = [], []
+    for _ in range(60):
+        i = int(rng.choice(np.flatnonzero(a.has_pre)))
+        j = int(rng.choice(np.flatnonzero(b.has_pre)))
+        ba = context_block(feats[0], _edge("pre", int(a.positions[i])), "pre", CFG)
+        bb = context_block(feats[1], _edge("pre", int(b.positions[j])), "pre", CFG)
+        exact.append(np.sum((ba.stft - bb.stft) ** 2) + np.sum((ba.chroma - bb.chroma) ** 2))
+        approx.append(np.sum((a.pre[i] - b.pre[j]) ** 2))
+    approx, exact = np.array(approx), np.array(exact)
+    assert np.all(approx <= exact * (1 + 1e-4) + 1e-6)
+    assert np.median(approx / exact) > 0.3
+    assert np.corrcoef(approx, exact)[0, 1] > 0.6
+
+
+def test_a_copy_at_another_gain_embeds_identically(fitted):
+    feats, pca = fitted
+    quiet = frame_features(0.3 * piano_like(25.0, CFG.sample_rate, seed=0).astype(np.float32), CFG)
+    e_loud, e_quiet = embed_track(feats[0], pca, CFG), embed_track(quiet, pca, CFG)
+    np.testing.assert_allclose(e_quiet.pre, e_loud.pre, atol=2e-4)
+    np.testing.assert_allclose(e_quiet.post, e_loud.post, atol=2e-4)
+
+
+def test_pca_round_trips_through_its_file(fitted, tmp_path):
+    _, pca = fitted
+    pca.save(tmp_path / "pca.npz")
+    back = ContextPCA.load(tmp_path / "pca.npz")
+    assert back.dim == SMALL.dim == 48
+    for side in ("pre", "post"):
+        np.testing.assert_array_equal(back.stft_basis[side], pca.stft_basis[side])
+        np.testing.assert_array_equal(back.chroma_basis[side], pca.chroma_basis[side])
+        np.testing.assert_array_equal(back.frame_basis[side], pca.frame_basis[side])
+        # columns are orthonormal (a projection, so distances only shrink)
+        v = pca.stft_basis[side]
+        np.testing.assert_allclose(v.T @ v, np.eye(v.shape[1]), atol=1e-8)
+    assert set(back.explained) == {"frame", "pre_stft", "pre_chroma", "post_stft", "post_chroma"}
+    assert all(0 < v <= 1 + 1e-9 for v in back.explained.values())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_too_little_audio_for_the_pca_is_a_clear_error():
+    short = [frame_features(piano_like(2.0, CFG.sample_rate).astype(np.float32), CFG)]
+    with pytest.raises(SimDPSError, match="add (longer )?recordings"):
+        fit_pca(short, SMALL)

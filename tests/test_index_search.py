@@ -1,0 +1,178 @@
+"""Retrieval from the corpus index: planted repetitions at their exact sample, the in-track
+rule for a query that is itself in the corpus, and recall against the exhaustive exact cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import piano_like
+
+from simdps import Index
+from simdps.config import SearchConfig
+from simdps.indexer.config import IndexConfig
+from simdps.indexer.work import decode_search_signal
+from simdps.retrieval.cost import grid_costs
+from simdps.retrieval.index_search import SearchParams, prepare_query
+
+SMALL = IndexConfig(stft_dims=32, chroma_dims=16, pca_train_positions=2000)
+SR = 22_050
+CFG = SearchConfig()
+GAIN = 0.6
+A_S, B_S = 5.0, 17.3  # the query's passage from A_S is planted in host.flac at B_S
+GAP_START_S = 9.0
+
+
+def _query_track() -> np.ndarray:
+    return piano_like(24.0, SR, seed=100)
+
+
+def _with_in_track_repeat(q: np.ndarray) -> np.ndarray:
+    """The query where the gap's surroundings repeat 10 s later, for the track search to find."""
+    q = q.copy()
+    q[int(15.5 * SR):int(23.5 * SR)] = q[int(5.5 * SR):int(13.5 * SR)]
+    return q
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    q = _query_track()
+    host = piano_like(40.0, SR, seed=50)
+    a, b = int(A_S * SR), int(B_S * SR) + 13  # off every grid
+    span = int(10.0 * SR)
+    host[b:b + span] = GAIN * q[a:a + span]
+    sf.write(root / "host.flac", host, SR)
+    (root / "other").mkdir()
+    sf.write(root / "other" / "x.wav", piano_like(20.0, 16_000, seed=7), 16_000)
+    sf.write(root / "y.wav", piano_like(15.0, 44_100, seed=8), 44_100)
+    sf.write(root / "query.wav", q, SR)  # the query's own recording is in the corpus too
+    index_dir = tmp_path_factory.mktemp("idx")
+    index = Index.build(root, index_dir, config=SMALL)
+    truth = b - a  # host sample = query sample + truth
+    return index, q, root, truth
+
+
+@pytest.mark.parametrize("gap_len_s", [0.5, 1.3, 2.0])
+def test_planted_repetition_is_found_at_its_exact_sample_for_any_gap_length(planted, gap_len_s):
+    index, q, root, shift = planted
+    gap = (GAP_START_S, GAP_START_S + gap_len_s)
+    cands = index.search(q, SR, gap, k=5, include_track=False)
+    best = cands[0]
+    truth = round(GAP_START_S * SR) + shift
+    assert Path(best.path).name == "host.flac" and best.source == "index"
+    assert abs(best.start_sample - truth) <= 1
+    assert best.sample_rate == SR and best.start_s == pytest.approx(best.start_sample / SR)
+    assert best.cost < 0.05 and cands[1].cost > 10 * best.cost + 0.5
+    assert best.cost == pytest.approx(best.cost_stft + best.cost_chroma)
+    # the guide it extracts is the planted passage (at its gain)
+    n = int(round(gap_len_s * SR))
+    gs = round(GAP_START_S * SR)
+    np.testing.assert_allclose(best.extract(n), GAIN * q[gs:gs + n], atol=2e-4)
+
+
+def _overlaps_gap_context(c, gap):
+    lo, hi = gap[0] - CFG.context_s, gap[1] + CFG.context_s
+    return c.start_s < hi and c.start_s + (gap[1] - gap[0]) > lo
+
+
+@pytest.mark.parametrize("give_path", [True, False])
+def test_the_query_track_in_the_corpus_obeys_the_in_track_rule(planted, give_path):
+    index, q, root, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    path = root / "query.wav" if give_path else None
+    cands = index.search(q, SR, gap, k=20, include_track=False, path=path,
+                         params=SearchParams(n_rescore=64))
+    own = [c for c in cands if Path(c.path).name == "query.wav"]
+    # the corpus copy holds the gap's true audio: without the rule it would match itself at J = 0
+    assert own, "the query track's other passages are still candidates"
+    assert not [c for c in own if _overlaps_gap_context(c, gap)]
+    assert Path(cands[0].path).name == "host.flac"
+
+
+def test_search_merges_the_query_tracks_own_candidates(planted):
+    index, q, root, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    cands = index.search(q, SR, gap, k=10, path=root / "query.wav")
+    assert {c.source for c in cands} == {"index", "track"}
+    assert [c.cost for c in cands] == sorted(c.cost for c in cands)
+    # the query's recording is searched exhaustively by the track search, not through the index
+    assert not [c for c in cands if c.source == "index" and Path(c.path).name == "query.wav"]
+
+    cands = index.search(_with_in_track_repeat(q), SR, gap, k=10)  # a recording not in the corpus
+    best_track = min((c for c in cands if c.source == "track"), key=lambda c: c.cost)
+    best_index = min((c for c in cands if c.source == "index"), key=lambda c: c.cost)
+    # both repetitions: 10 s later in the track itself, and the planted copy in host.flac
+    assert abs(best_track.start_sample - round((GAP_START_S + 10.0) * SR)) <= 1 and best_track.cost < 0.05
+    assert Path(best_index.path).name == "host.flac" and best_index.cost < 0.05
+
+
+def test_a_track_too_short_for_in_track_candidates_still_gets_corpus_ones(planted):
+    index, q, _, shift = planted
+    clip = q[int(5.5 * SR):int(12.5 * SR)]  # 7 s around the gap: no room for an in-track candidate
+    cands = index.search(clip, SR, (3.5, 4.5), k=3)
+    assert all(c.source == "index" for c in cands)
+    # the clip's passage is in host.flac (planted) and in query.wav (where it was cut from)
+    found = {Path(c.path).name: c.start_sample for c in cands[:2]}
+    assert abs(found["host.flac"] - (round(9.0 * SR) + shift)) <= 1
+    assert abs(found["query.wav"] - round(9.0 * SR)) <= 1
+
+
+# ---- recall against the exhaustive exact cost, through an approximate (IVF-PQ) index ----------
+
+def _phrase_music(rng, pool, n_phrases, sr):
+    """Music with structure: phrases from a shared pool, at random gains, in random order."""
+    parts = [pool[i] * rng.uniform(0.5, 1.0) for i in rng.integers(0, len(pool), n_phrases)]
+    x = np.concatenate(parts)
+    return x + 1e-3 * rng.standard_normal(len(x))
+
+
+@pytest.fixture(scope="module")
+def phrase_corpus(tmp_path_factory):
+    sr = 16_000
+    rng = np.random.default_rng(0)
+    pool = [piano_like(2.0, sr, seed=1000 + i) for i in range(24)]
+    root = tmp_path_factory.mktemp("phrases")
+    for i in range(12):
+        sf.write(root / f"f{i:02d}.flac", _phrase_music(rng, pool, 20, sr), sr)
+    config = IndexConfig(pca_train_positions=3000, factory="IVF16,PQ32x4", nprobe=4)
+    index = Index.build(root, tmp_path_factory.mktemp("ivf"), config=config)
+    signals = {str(p): decode_search_signal(p)[0] for p in sorted(root.glob("*.flac"))}
+    queries = [_phrase_music(rng, pool, 7, sr) for _ in range(4)]
+    return index, signals, queries, sr
+
+
+def _exhaustive_top(query, signals, k, radius):
+    """Best k starts over the whole corpus by exact J (eq. 10) on every frame-grid start;
+    a start within ``radius`` of a better one in the same file is the same match."""
+    rows = []
+    for path, s12 in signals.items():
+        costs = grid_costs(query.context, s12)
+        rows += [(float(c), path, int(t)) for c, t in zip(costs.total, costs.starts)]
+    rows.sort()
+    top: list[tuple[float, str, int]] = []
+    for r in rows:
+        if all(r[1] != o[1] or abs(r[2] - o[2]) > radius for o in top):
+            top.append(r)
+            if len(top) == k:
+                break
+    return top
+
+
+def test_ann_plus_rescore_reaches_recall_at_10_of_the_exhaustive_exact_search(phrase_corpus):
+    index, signals, queries, sr = phrase_corpus
+    assert index.factory == "IVF16,PQ32x4"  # approximate: 4 of 16 lists visited, 4-bit PQ codes
+    recalls = []
+    for i, y in enumerate(queries):
+        gap = (5.3, 5.3 + (0.5, 1.0, 2.0, 1.5)[i])
+        truth = _exhaustive_top(prepare_query(y, sr, gap), signals, 10, CFG.coarse_hop)
+        got = index.search(y, sr, gap, k=10, include_track=False, refine_offsets=False)
+        assert len(got) == 10
+        found = sum(any(c.path == p and abs(round(c.start_s * 12_000) - t) <= CFG.hop_length // 2 for c in got)
+                    for _, p, t in truth)
+        recalls.append(found / 10)
+        # same cost function on the same grid: a found start has the exhaustive J
+        assert got[0].cost >= truth[0][0] - 1e-6
+    assert np.mean(recalls) >= 0.95, recalls
