@@ -13,7 +13,7 @@ squared distances are exactly the side's parts of ``d_1^2`` and ``d_2^2``::
 
     e = [ sqrt(a_1) * V_1^T vec(b_1 U),  sqrt(a_2) * V_2^T b_2 ]          (128 values)
 
-``U`` (513 x 64) is a PCA basis of single STFT frames, ``V_1`` (36*64 x 96) a PCA basis
+``U`` (513 x 32) is a PCA basis of single STFT frames, ``V_1`` (36*32 x 96) a PCA basis
 of the frame-reduced STFT blocks and ``V_2`` (137*12 x 32) of the chroma blocks, all
 fitted on the corpus (per side). Orthonormal projections only shrink distances, so
 ``||e(query) - e(p)||^2 ~= a_1 d_1,side^2 + a_2 d_2,side^2`` from below, the error being
@@ -21,8 +21,8 @@ the energy of the block differences outside the kept components (measured in the
 and the benchmark). Means are not subtracted: distances do not depend on them.
 
 The two-step STFT reduction is what keeps the build cheap: projecting 36 x 513 = 18468
-values per position directly costs ~75 GFLOP per hour of audio and side; through ``U``
-it is ~11 GFLOP once per hour plus ~19 GFLOP per side (96 kept dimensions).
+values per position to 96 dimensions directly costs ~150 GFLOP per hour of audio and
+side; through ``U`` it is ~5.5 GFLOP once per hour plus ~9.3 GFLOP per side.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ __all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_
 
 SIDES = ("pre", "post")
 PCA_FILE = "pca.npz"
-_CHUNK = 2048  # positions per batch: bounds the (chunk, 36, 64) and (chunk, 137, 12) gathers
+_CHUNK = 2048  # positions per batch: bounds the (chunk, 36, 32) and (chunk, 137, 12) gathers
 
 
 def _n_used(w: np.ndarray) -> int:

@@ -1,0 +1,211 @@
+"""Corpus index: build speed beside the decode+resample floor, index size, query latency and
+recall@10 against the exhaustive exact search, on a 10-hour corpus.
+
+Corpus and queries: ``benchmarks/index_corpus.py`` (the shared piano set, four pitch/gain
+variants, 10.2 h of 22.05 kHz FLAC; held-out quarter-tone-shifted queries).
+
+In one process, and in this order:
+
+1. **floor**: decode (soundfile) + resample to 12 kHz (soxr HQ) of every corpus file, one
+   process: the work no index build can avoid;
+2. **build**: ``build_index(..., rebuild=True, workers=W)`` from scratch (PCA fit, hash,
+   decode, features, embeddings, FAISS training and adding, Parquet, catalog); CPU time
+   of the process and its workers;
+3. **size**: the live index files and catalog, per hour of audio;
+4. **queries**: ``Index.search(include_track=False)`` latency (medians, p90), the ANN part
+   (embedding + both FAISS searches) timed apart, and recall@10 of the re-scored
+   frame-grid candidates (``refine_offsets=False``) against the exhaustive exact ``J`` on
+   every frame-grid start of the corpus (``grid_costs`` over all files), for several
+   ``n_rescore``; then the projection to 1000 hours.
+
+    python benchmarks/bench_index.py [--work /tmp/simdps-bench-index] [--workers 2] [--queries 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_corpus import make_corpus, make_queries  # noqa: E402
+
+from simdps.audio import resample, to_mono  # noqa: E402
+from simdps.config import SearchConfig  # noqa: E402
+from simdps.indexer.build import build_index  # noqa: E402
+from simdps.indexer.work import decode_search_signal  # noqa: E402
+from simdps.retrieval.api import Index  # noqa: E402
+from simdps.retrieval.cost import grid_costs  # noqa: E402
+from simdps.retrieval.features import frame_features  # noqa: E402
+from simdps.retrieval.index_search import SearchParams, ann_query, prepare_query  # noqa: E402
+
+CFG = SearchConfig()
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (build workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def floor(files: list[Path]) -> tuple[float, float]:
+    """(CPU s, wall s) of decode + resample to 12 kHz of every file, one process."""
+    c0, w0 = cpu_s(), time.perf_counter()
+    for f in files:
+        x, sr = sf.read(f, dtype="float32", always_2d=True)
+        resample(to_mono(x), sr, CFG.sample_rate)
+    return cpu_s() - c0, time.perf_counter() - w0
+
+
+def exhaustive_top(queries, files, k: int, radius: int) -> list[list[tuple[float, str, int]]]:
+    """Per query, the k best distinct frame-grid starts of the corpus by exact J (eq. 10)."""
+    contexts = [prepare_query(q.audio, q.sr, q.gap, CFG) for q in queries]
+    rows: list[list[tuple[float, str, int]]] = [[] for _ in queries]
+    for f in files:
+        s12, _ = decode_search_signal(f, CFG)
+        feats = {0: frame_features(s12, CFG, phase=0)}
+        for qi, ctx in enumerate(contexts):
+            phase = ctx.length12 % CFG.hop_length
+            if phase not in feats:
+                feats[phase] = frame_features(s12, CFG, phase=phase)
+            costs = grid_costs(ctx.context, s12, CFG, features_pre=feats[0], features_post=feats[phase])
+            if len(costs):
+                best = np.argsort(costs.total)[: 20 * k]  # enough to survive the distinctness rule
+                rows[qi] += [(float(costs.total[i]), str(f), int(costs.starts[i])) for i in best]
+    out = []
+    for r in rows:
+        r.sort()
+        top: list[tuple[float, str, int]] = []
+        for row in r:
+            if all(row[1] != o[1] or abs(row[2] - o[2]) > radius for o in top):
+                top.append(row)
+                if len(top) == k:
+                    break
+        out.append(top)
+    return out
+
+
+def recall(found, truth) -> float:
+    hits = sum(any(c.path == p and abs(round(c.start_s * CFG.sample_rate) - t) <= CFG.hop_length // 2
+                   for c in found) for _, p, t in truth)
+    return hits / len(truth)
+
+
+def ann_time_ms(index: Index, query, params: SearchParams) -> float:
+    """Embedding of both context sides + both FAISS searches (no audio re-score)."""
+    t0 = time.perf_counter()
+    ann = ann_query(query, CFG)
+    for side, block in (("pre", ann.context.pre), ("post", ann.context.post)):
+        vec = index.pca.embed_block(block, side)[None, :]
+        index._faiss[side].search(vec, params.k_ann)
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def p90(xs):
+    return float(np.percentile(xs, 90))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="/tmp/simdps-bench-index", help="corpus and index folder")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--skip-build", action="store_true", help="reuse the index already in --work")
+    args = ap.parse_args()
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    files, hours = make_corpus(work / "corpus", workers=args.workers)
+    print(f"corpus: {len(files)} files, {hours:.2f} h ({time.perf_counter() - t0:.0f} s to make or check)",
+          flush=True)
+    index_dir = work / "index"
+    report: dict = {"hours": hours, "files": len(files), "workers": args.workers}
+
+    if not args.skip_build:
+        floor_cpu, floor_wall = floor(files)
+        print(f"floor: decode+resample {floor_cpu:.1f} CPU s, {floor_wall:.1f} s wall", flush=True)
+        c0, w0 = cpu_s(), time.perf_counter()
+        result = build_index(work / "corpus", index_dir, workers=args.workers, rebuild=True, progress=False)
+        build_cpu, build_wall = cpu_s() - c0, time.perf_counter() - w0
+        assert result.stats.files_added == len(files), result.errors
+        report.update(floor_cpu_s=floor_cpu, floor_wall_s=floor_wall, build_cpu_s=build_cpu,
+                      build_wall_s=build_wall, factory=result.factory)
+        print(f"build: {build_cpu:.1f} CPU s, {build_wall:.1f} s wall, factory {result.factory}", flush=True)
+        print(f"  hours of audio per CPU-minute: build {hours / (build_cpu / 60):.2f}, floor "
+              f"{hours / (floor_cpu / 60):.2f}; x real time per core: build {hours * 3600 / build_cpu:.0f}, "
+              f"floor {hours * 3600 / floor_cpu:.0f}; build/floor CPU {build_cpu / floor_cpu:.2f}", flush=True)
+
+    index = Index.open(index_dir)
+    info = index.info()
+    gdir = index_dir / f"gen-{index.generation}"
+    parts = {p.name: p.stat().st_size for p in sorted(gdir.iterdir())}
+    parts["catalog.sqlite"] = (index_dir / "catalog.sqlite").stat().st_size
+    report.update(size_bytes=info["size_bytes"], bytes_per_hour=info["bytes_per_hour"], parts=parts,
+                  factory=info["factory"], vectors=info["vectors"], cache_bytes=info["cache_bytes"])
+    print(f"size: {info['size_bytes'] / 1e6:.2f} MB = {info['bytes_per_hour'] / 1e6:.3f} MB per hour "
+          f"({info['factory']}, {info['vectors']['pre']} + {info['vectors']['post']} vectors); "
+          f"parts {json.dumps(parts)}; build cache {info['cache_bytes'] / 1e6:.1f} MB", flush=True)
+
+    queries = make_queries(args.queries)
+    t0 = time.perf_counter()
+    truth = exhaustive_top(queries, files, 10, CFG.coarse_hop)
+    exhaustive_s = time.perf_counter() - t0
+    print(f"exhaustive exact search: {exhaustive_s:.1f} s for {len(queries)} queries "
+          f"({exhaustive_s / len(queries):.1f} s per query)", flush=True)
+
+    defaults = SearchParams()
+    lat, ann_ms = [], []
+    for q in queries:  # warm-up (imports, first FAISS call), then timed
+        index.search(q.audio, q.sr, q.gap, k=10, include_track=False)
+        break
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q.audio, q.sr, q.gap, k=10, include_track=False)
+        lat.append(1e3 * (time.perf_counter() - t))
+        ann_ms.append(ann_time_ms(index, prepare_query(q.audio, q.sr, q.gap, CFG), defaults))
+    report.update(latency_ms_median=median(lat), latency_ms_p90=p90(lat), ann_ms_median=median(ann_ms))
+    print(f"query (include_track=False, k=10, n_rescore={defaults.n_rescore}, k_ann={defaults.k_ann}, "
+          f"nprobe={index.config.nprobe}): median {median(lat):.0f} ms, p90 {p90(lat):.0f} ms; "
+          f"ANN part (embed + 2 FAISS searches) median {median(ann_ms):.1f} ms", flush=True)
+
+    for n_rescore in (16, 32, 64):
+        params = SearchParams(n_rescore=n_rescore)
+        rec, t_ms = [], []
+        for q, tr in zip(queries, truth):
+            t = time.perf_counter()
+            got = index.search(q.audio, q.sr, q.gap, k=10, include_track=False, params=params,
+                               refine_offsets=False)
+            t_ms.append(1e3 * (time.perf_counter() - t))
+            rec.append(recall(got, tr))
+        report[f"recall_at_10_n{n_rescore}"] = float(np.mean(rec))
+        report[f"latency_ms_n{n_rescore}"] = median(t_ms)
+        print(f"recall@10 vs exhaustive, n_rescore={n_rescore}: mean {np.mean(rec):.3f} "
+              f"(min {min(rec):.1f}); frame-grid search median {median(t_ms):.0f} ms", flush=True)
+
+    # Projection to 1000 h: nlist grows with sqrt(N) and nprobe stays, so the codes
+    # scanned per query and the coarse-quantizer cost grow with sqrt(N) (x10); the
+    # audio re-score costs the same per candidate whatever the corpus size.
+    scale = (1000 / hours) ** 0.5
+    rescore_ms = median(lat) - median(ann_ms)
+    projected = rescore_ms + scale * median(ann_ms)
+    report.update(projected_1000h_ms=projected, projected_1000h_bytes=info["bytes_per_hour"] * 1000)
+    print(f"projected at 1000 h: {projected:.0f} ms per query (re-score {rescore_ms:.0f} ms + ANN "
+          f"{median(ann_ms):.1f} ms x {scale:.1f}); index {info['bytes_per_hour'] * 1000 / 1e9:.2f} GB", flush=True)
+    print("REPORT " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
