@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from simdps.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from simdps.diffusion.precond import EDMPrecond
 from simdps.errors import SimDPSError
 
@@ -54,8 +55,6 @@ __all__ = [
     "LossRecord",
     "resolve_device",
     "sha256_file",
-    "write_bytes_atomic",
-    "write_json_atomic",
     "save_weights",
     "load_weights",
     "save_checkpoint",
@@ -116,40 +115,12 @@ def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """JSON with sorted keys and indentation, written atomically."""
-    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
 def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> Path:
     """A module's state_dict as safetensors (CPU copies, so shared storage is no problem), atomically."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def load_weights(path: str | os.PathLike, module: nn.Module) -> None:
@@ -192,7 +163,7 @@ def save_checkpoint(out_dir: str | os.PathLike, *, train_config: dict, model: nn
         buf = io.BytesIO()
         torch.save(optimizer.state_dict(), buf)
         write_bytes_atomic(tmp / _OPTIMIZER_FILE, buf.getvalue())
-        write_json_atomic(tmp / _STATE_FILE, {**(state or {}), "step": int(step)})
+        write_json_atomic(tmp / _STATE_FILE, {**(state or {}), "step": int(step)}, sort_keys=True)
         current, old = out_dir / STATE_DIR, out_dir / _OLD_STATE_DIR
         if old.exists():
             shutil.rmtree(old)
@@ -206,7 +177,8 @@ def save_checkpoint(out_dir: str | os.PathLike, *, train_config: dict, model: nn
         raise
     save_weights(out_dir / EMA_FILE, ema, meta)
     write_json_atomic(out_dir / CONFIG_FILE,
-                      {"format": FORMAT, "version": VERSION, "step": int(step), "train": train_config})
+                      {"format": FORMAT, "version": VERSION, "step": int(step), "train": train_config},
+                      sort_keys=True)
     return out_dir
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from simdps.atomic import atomic_path
 from simdps.errors import AudioError
 
 __all__ = [
@@ -160,16 +160,10 @@ def write_audio_atomic(
     if format is None:
         ext = path.suffix.lstrip(".").upper()
         format = {"AIF": "AIFF", "OGA": "OGG"}.get(ext, ext)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        sf.write(tmp, data, int(sample_rate), format=format, subtype=subtype)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sf.write(tmp, data, int(sample_rate), format=format, subtype=subtype)
     except Exception as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, AudioError):
-            raise
         raise AudioError(f"{path}: writing failed ({_short(exc)})") from None
     return path
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simdps.atomic import write_text_atomic
 from simdps.errors import SimDPSError
 
 __all__ = ["GuideRecord", "GapRecord", "RunReport", "write_report"]
@@ -73,8 +74,6 @@ class RunReport:
 
 def write_report(report: RunReport, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write the report as indented JSON, atomically (temporary file + ``os.replace``)."""
-    from simdps.evaluation.files import write_text_atomic
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise SimDPSError(f"{path}: already exists; choose another --report path or pass --force")
