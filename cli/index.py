@@ -86,8 +86,8 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, rebui
 @click.option("--json", "as_json", is_flag=True, help='Print {"candidates": [...]}, best first.')
 @click.option("--no-track", is_flag=True, help="Search the corpus only, not TRACK itself.")
 @click.option("--db", "db_url", help="Catalog URL, if the index was built with --db and a password.")
-@click.option("--n-rescore", type=click.IntRange(min=1), help="ANN candidates re-scored exactly (default 32).")
-@click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 256).")
+@click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 16).")
+@click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited (default: the index's).")
 def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, nprobe):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""

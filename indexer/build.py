@@ -20,6 +20,7 @@ or on ``--rebuild`` (which also refits the PCA and re-embeds every file).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -60,6 +62,7 @@ __all__ = ["build_index", "BuildResult", "EMBEDDING_FIELDS"]
 
 CACHE_DIR = "cache"
 CURRENT_PCA = "current"  # cache/current names the shard folder of a PCA not yet committed
+LOCK_FILE = ".build.lock"
 
 # IndexConfig fields that change the vectors: an existing index cannot switch them in place.
 EMBEDDING_FIELDS = ("search", "stft_frame_dims", "stft_dims", "chroma_dims")
@@ -104,6 +107,24 @@ def build_index(corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
         raise SimDPSError(f"{corpus_dir}: corpus folder not found; pass a folder of audio files")
     corpus_root = corpus_root.resolve()
     index_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(index_dir):
+        return _build_locked(t_start, corpus_root, index_dir, config, db_url, workers, rebuild, progress)
+
+
+@contextmanager
+def _exclusive(index_dir: Path):
+    """One build per index at a time (an advisory lock the OS drops if the build is killed)."""
+    with open(index_dir / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SimDPSError(f"{index_dir}: another `simdps-index build` is running on this index; "
+                              "wait for it to finish") from None
+        yield
+
+
+def _build_locked(t_start: float, corpus_root: Path, index_dir: Path, config: IndexConfig | None,
+                  db_url: str | None, workers: int, rebuild: bool, progress: bool) -> BuildResult:
     config, db_url = _settings(index_dir, corpus_root, config, db_url, rebuild)
     write_json_atomic(index_dir / CONFIG_FILE, {
         "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),

@@ -36,10 +36,10 @@ class IndexConfig:
     pca_train_files: int = 64  # at most this many files decoded for the PCA sample
     factory: str | None = None  # FAISS index_factory string; None = chosen by corpus size
     flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ
-    pq_m: int = 32  # PQ sub-quantizers of the default IVF-PQ (4 dims each)
-    pq_nbits: int = 4  # bits per sub-quantizer code: 32 x 4 bits = 16 bytes a vector
-    train_vectors_per_list: int = 64  # IVF training sample = this x nlist (FAISS: 30..256)
-    nprobe: int = 32  # IVF lists visited per query
+    pq_m: int = 16  # PQ sub-quantizers of the default IVF-PQ (8 dims each)
+    pq_nbits: int = 6  # bits per sub-quantizer code: 16 x 6 bits = 12 bytes a vector (+ 8-byte id)
+    train_vectors_per_list: int = 50  # IVF training sample = this x nlist (FAISS: 30..256)
+    nprobe: int = 128  # IVF lists visited per query
     ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used
     seed: int = 0
 

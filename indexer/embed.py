@@ -147,10 +147,10 @@ class ContextPCA:
         """npz through a temporary file and os.replace."""
         path = Path(path)
         arrays = {}
-        for side in SIDES:
-            arrays[f"{side}_frame_basis"] = self.frame_basis[side]
-            arrays[f"{side}_stft_basis"] = self.stft_basis[side]
-            arrays[f"{side}_chroma_basis"] = self.chroma_basis[side]
+        for side in SIDES:  # float32: the embeddings are float32 anyway
+            arrays[f"{side}_frame_basis"] = self.frame_basis[side].astype(np.float32)
+            arrays[f"{side}_stft_basis"] = self.stft_basis[side].astype(np.float32)
+            arrays[f"{side}_chroma_basis"] = self.chroma_basis[side].astype(np.float32)
         arrays["alphas"] = np.array([self.alpha_stft, self.alpha_chroma])
         arrays["explained_keys"] = np.array(sorted(self.explained))
         arrays["explained_values"] = np.array([self.explained[k] for k in sorted(self.explained)])
@@ -213,6 +213,9 @@ def fit_pca(samples: list[Features], config: IndexConfig) -> ContextPCA:
             np.concatenate(stft), config.stft_dims, seed=config.seed)
         pca.chroma_basis[side], pca.explained[f"{side}_chroma"] = _pca_rows(
             np.concatenate(chroma), config.chroma_dims, seed=config.seed)
+    for table in (pca.frame_basis, pca.stft_basis, pca.chroma_basis):  # stored as float32
+        for side in SIDES:
+            table[side] = table[side].astype(np.float32)
     return pca
 
 

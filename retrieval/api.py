@@ -26,6 +26,7 @@ from simdps.indexer.layout import folder_bytes, gen_dir
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.index_search import (
     SearchParams,
+    ann_k,
     ann_query,
     TrackTable,
     hash_if_file,
@@ -33,6 +34,7 @@ from simdps.retrieval.index_search import (
     merge_hits,
     prepare_query,
     refine,
+    group_windows,
     rescore,
 )
 
@@ -173,27 +175,31 @@ class Index:
                 store.set_search_params(idx, nprobe=params.nprobe)
         ann = ann_query(query, cfg)
         ctx = ann.context
-        hits = {}
+        ann_hits = {}
         for side, block, extent in (("pre", ctx.pre, ctx.pre_extent), ("post", ctx.post, ctx.post_extent)):
             idx = self._faiss[side]
             if extent == 0 or idx.ntotal == 0:
-                hits[side] = None
+                ann_hits[side] = None
                 continue
             vec = self.pca.embed_block(block, side)[None, :]
-            dist, ids = idx.search(vec, min(params.k_ann, idx.ntotal))
-            hits[side] = (dist[0], ids[0])
-        merged = merge_hits(self.tracks, ann, cfg.coarse_hop, hits["pre"], hits["post"])
+            nlist, nprobe = store.ivf_lists(idx)
+            dist, ids = idx.search(vec, ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
+            ann_hits[side] = (dist[0], ids[0])
+        merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits["pre"], ann_hits["post"])
         query_path = str(query_path) if query_path is not None else None
         query_hash = hash_if_file(query_path)
         own: dict[int, bool] = {}
         context = int(round(cfg.context_s * query.sr))
         length = query.gap_end - query.gap_start
-        hits: list = []
-        rescored = 0
+        # the n_rescore best candidates, grouped per source (and side of the query's own gap)
+        chosen: dict[tuple[int, tuple[int, int] | None], list[int]] = {}
+        n_chosen = 0
+        reach12 = params.reach_hops * cfg.coarse_hop
+        covered = reach12 - cfg.coarse_hop
+        tracks = self.tracks
         for c in merged:
-            if rescored >= params.n_rescore:
+            if n_chosen >= params.n_rescore:
                 break
-            tracks = self.tracks
             n12 = int(tracks.frames[c.track] * cfg.sample_rate / tracks.sample_rate[c.track])
             if c.start12 < 0 or c.start12 + query.length12 > n12:
                 continue  # the segment itself must lie in the source
@@ -209,9 +215,16 @@ class Index:
                     continue
                 bounds = ((0, query.gap_start - context - length) if start < query.gap_start
                           else (query.gap_end + context, int(tracks.frames[c.track]) - length))
-            rescored += 1
-            hits += rescore(query, c, tracks.path[c.track], int(tracks.sample_rate[c.track]),
-                            int(tracks.frames[c.track]), cfg, bounds=bounds)
+            near = chosen.setdefault((c.track, bounds), [])
+            inside = any(abs(c.start12 - t) <= covered for t in near)
+            near.append(c.start12)  # its window joins theirs, sharing the decode
+            n_chosen += 0 if inside else 1  # near a better candidate: no slot of its own
+        span12 = query.context.pre_extent + query.length12 + query.context.post_extent + 2 * reach12
+        hits: list = []
+        for (track, bounds), starts in chosen.items():
+            for group in group_windows(starts, span12):
+                hits += rescore(query, group, tracks.path[track], int(tracks.sample_rate[track]),
+                                int(tracks.frames[track]), cfg, reach12=reach12, bounds=bounds)
         # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
         hits.sort(key=lambda h: (h.cost, h.path, h.start12))
         best: list = []

@@ -12,12 +12,14 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    ``a_1 d_1^2 + a_2 d_2^2``); a side with no hit is bounded below by the largest
    distance FAISS returned for that side (anything not returned is at least that far).
    Candidates are ranked by that bound.
-3. **Exact re-score.** The best ``n_rescore`` are re-scored with ``J`` of eq. 10 at full
-   frame resolution (every start on the source's 256-sample frame grid within ``Lh``),
-   from features recomputed on a window of the source decoded around the candidate
-   (soundfile seek; only ``Lc + L + Lc`` plus margins are read). All re-scored starts
-   then compete together, a start within ``Lh`` of a better one in the same file being
-   the same match (the exhaustive search's rule).
+3. **Exact re-score.** The best ``n_rescore`` distinct candidates (one within ``2 Lh`` of a
+   better one in the same file is covered by its window) are re-scored with ``J`` of
+   eq. 10 at full frame resolution: every start on the source's 256-sample frame grid
+   within ``reach_hops * Lh``, from features recomputed on a window of the source decoded
+   around the candidates (soundfile seek; only ``Lc + L + Lc`` plus margins are read;
+   neighbouring candidates share one window). All re-scored starts then compete together,
+   a start within ``Lh`` of a better one in the same file being the same match (the
+   exhaustive search's rule).
 4. **eq. 11.** The ``k`` best (distinct: a start within ``Lh`` of a better one in the same
    file is the same match) are refined to the sample at the source's native rate by
    eq. 11 (``retrieval/refine.py``), and ``J`` is evaluated again at the refined start,
@@ -50,20 +52,21 @@ from simdps.retrieval.features import search_signal
 from simdps.retrieval.refine import refine_half_width, refine_start
 
 __all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "AnnQuery", "ann_query", "Coarse",
-           "merge_hits", "FrameHit", "rescore", "refine"]
+           "merge_hits", "ann_k", "FrameHit", "rescore", "group_windows", "refine"]
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of one index query (defaults tuned in benchmarks/bench_index.py)."""
 
-    k_ann: int = 256  # FAISS neighbours per context side
-    n_rescore: int = 32  # merged candidates re-scored exactly from the source audio
+    k_ann: int = 8192  # FAISS neighbours per context side
+    n_rescore: int = 16  # distinct ANN candidates re-scored exactly from the source audio
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
+    reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
 
     def __post_init__(self):
-        if self.k_ann < 1 or self.n_rescore < 1:
-            raise SimDPSError("k_ann and n_rescore must be at least 1")
+        if self.k_ann < 1 or self.n_rescore < 1 or self.reach_hops < 1:
+            raise SimDPSError("k_ann, n_rescore and reach_hops must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -187,37 +190,56 @@ class Coarse:
 
 def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
                pre: tuple[np.ndarray, np.ndarray] | None,
-               post: tuple[np.ndarray, np.ndarray] | None) -> list[Coarse]:
+               post: tuple[np.ndarray, np.ndarray] | None, *, limit: int = 4096) -> list[Coarse]:
     """Step 2 of the module docstring: FAISS ``(distances, ids)`` per side -> ranked candidates.
 
     A candidate's approximate cost is ``D_pre + D_post``; a side without a hit is bounded
-    below by the largest distance FAISS returned for that side.
+    below by the largest distance FAISS returned for that side (for IVF this holds within
+    the probed lists, which is why :func:`ann_k` keeps the result lists short of exhausting
+    them). Returns the best ``limit``.
     """
-    found: dict[tuple[int, int], Coarse] = {}
     floor = {"pre": 0.0, "post": 0.0}
-    for side, hits in (("pre", pre), ("post", post)):
+    keys, sides, dists = [], [], []
+    for s_i, (side, hits) in enumerate((("pre", pre), ("post", post))):
         if hits is None:
             continue
         dist, ids = hits
-        valid = ids >= 0
-        if valid.any():
-            floor[side] = float(dist[valid].max())
-        track, m = tracks.locate(ids[valid])
-        for d, tr, mm in zip(dist[valid], track, m):
-            if tr < 0:
-                continue
-            p = int(mm) * coarse_hop if side == "pre" else int(mm) * coarse_hop - ann.span
-            c = found.setdefault((int(tr), p), Coarse(int(tr), p + ann.lead, None, None))
-            if side == "pre":
-                c.d_pre = float(d) if c.d_pre is None else min(c.d_pre, float(d))
-            else:
-                c.d_post = float(d) if c.d_post is None else min(c.d_post, float(d))
-    merged = list(found.values())
-    for c in merged:
-        c.bound = ((c.d_pre if c.d_pre is not None else floor["pre"])
-                   + (c.d_post if c.d_post is not None else floor["post"]))
-    merged.sort(key=lambda c: (c.bound, c.track, c.start12))
-    return merged
+        track, m = tracks.locate(ids)
+        ok = track >= 0
+        if ok.any():
+            floor[side] = float(dist[ok].max())
+        # candidate key: (track, widened start p); a post hit at q is the candidate p = q - span
+        p = m[ok] * coarse_hop - (ann.span if side == "post" else 0)
+        keys.append(np.stack([track[ok], p], axis=1))
+        sides.append(np.full(int(ok.sum()), s_i))
+        dists.append(dist[ok].astype(np.float64))
+    if not keys:
+        return []
+    keys_all, side_all, dist_all = np.concatenate(keys), np.concatenate(sides), np.concatenate(dists)
+    uniq, inverse = np.unique(keys_all, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    best = np.full((len(uniq), 2), np.inf)
+    np.minimum.at(best, (inverse, side_all), dist_all)
+    have = np.isfinite(best)
+    bound = np.where(have[:, 0], best[:, 0], floor["pre"]) + np.where(have[:, 1], best[:, 1], floor["post"])
+    order = np.lexsort((uniq[:, 1], uniq[:, 0], bound))[:limit]
+    return [Coarse(int(uniq[i, 0]), int(uniq[i, 1]) + ann.lead,
+                   float(best[i, 0]) if have[i, 0] else None, float(best[i, 1]) if have[i, 1] else None,
+                   float(bound[i])) for i in order]
+
+
+def ann_k(k_ann: int, ntotal: int, nlist: int | None, nprobe: int | None) -> int:
+    """Neighbours to ask FAISS for on one side.
+
+    For IVF, at most half of what the probed lists hold (``ntotal * nprobe / nlist``): a
+    list of results that exhausts the probed lists ends with their farthest members, and
+    the "largest returned distance" then bounds nothing (measured: recall@10 fell from
+    0.95 to 0.43 on a small IVF index asked for more neighbours than it probed).
+    """
+    k = min(k_ann, ntotal)
+    if nlist and nprobe and nprobe < nlist:
+        k = min(k, max(64, int(ntotal * nprobe / nlist / 2)))
+    return max(1, k)
 
 
 class _Window:
@@ -253,23 +275,27 @@ class FrameHit:
     bounds: tuple[int, int] | None
 
 
-def rescore(query: Query, coarse: Coarse, path: str, sr_s: int, frames: int, cfg: SearchConfig,
-            *, bounds: tuple[int, int] | None = None) -> list[FrameHit]:
-    """Step 3 for one candidate: exact ``J`` at every frame-grid start within ``Lh``.
+def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int, cfg: SearchConfig,
+            *, reach12: int, bounds: tuple[int, int] | None = None) -> list[FrameHit]:
+    """Step 3 for ANN candidates of one source: exact ``J`` at every frame-grid start within
+    ``reach12`` of any of ``starts12``, from one decoded window spanning them all.
 
     Returns every such start that fits the source (and ``bounds``: native samples,
     inclusive, limiting the refined start, the in-track rule); the caller keeps the best
-    distinct ones across all candidates, as the exhaustive search would.
+    distinct ones across all sources, as the exhaustive search would. ``reach12`` is a few
+    Lh: the optimum may lie nearer another grid position than the one the ANN ranked, and
+    a broad minimum of ``J`` holds several starts more than Lh apart, all of which the
+    exhaustive search ranks.
     """
     ctx = query.context
-    hop, lh = cfg.hop_length, cfg.coarse_hop
+    hop = cfg.hop_length
     # Starts on the source's own frame grid (multiples of hop from its first sample, as the
-    # exhaustive search evaluates them), within Lh of the ANN candidate: the optimum
-    # between two grid candidates may belong to the one the ANN ranked higher.
-    t = int(round(coarse.start12 / hop)) * hop
+    # exhaustive search evaluates them).
+    centres = np.array(sorted({int(round(t / hop)) * hop for t in starts12}), dtype=np.int64)
     lead = -(-ctx.pre_extent // hop) * hop  # pre-context rounded up to the frame grid
-    w0 = t - lh - lead  # a multiple of hop: the window's grid is the source's grid
-    w1 = t + lh + query.length12 + ctx.post_extent + hop
+    reach = -(-reach12 // hop) * hop
+    w0 = int(centres[0]) - reach - lead  # a multiple of hop: the window's grid is the source's grid
+    w1 = int(centres[-1]) + reach + query.length12 + ctx.post_extent + hop
     ratio = sr_s / cfg.sample_rate
     half_width = refine_half_width(hop, sr_s, cfg)
     boundary = int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 2
@@ -284,13 +310,28 @@ def rescore(query: Query, coarse: Coarse, path: str, sr_s: int, frames: int, cfg
     starts = costs.starts + w0
     # Whole context inside the source, as the exhaustive search (grid_costs) requires.
     n12 = int(frames * cfg.sample_rate // sr_s)
-    keep = (np.abs(starts - t) <= lh) & (starts - ctx.pre_extent >= 0) & \
-        (starts + query.length12 + ctx.post_extent <= n12)
+    nearest = np.min(np.abs(starts[:, None] - centres[None, :]), axis=1) if len(starts) else starts
+    keep = (nearest <= reach) & (starts - ctx.pre_extent >= 0) & (starts + query.length12 + ctx.post_extent <= n12)
     if bounds is not None:
         keep &= (starts * ratio >= bounds[0] - half_width) & (starts * ratio <= bounds[1] + half_width)
     return [FrameHit(path, sr_s, frames, int(starts[i]), float(costs.total[i]), float(costs.stft[i]),
                      float(costs.chroma[i]), window, s12, w0, bounds)
             for i in np.flatnonzero(keep)]
+
+
+def group_windows(starts12: list[int], span12: int) -> list[list[int]]:
+    """Sorted candidate starts of one source cut into groups re-scored from one window each.
+
+    Two neighbours share a window when they lie less than one candidate window
+    (``span12``: both contexts and the gap) apart: one longer decode then costs less than two.
+    """
+    groups: list[list[int]] = []
+    for t in sorted(starts12):
+        if groups and t - groups[-1][-1] < span12:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
 
 
 def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:

@@ -216,6 +216,16 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
         Index.open(index_dir).search(piano_like(12.0, SR), SR, (20.0, 21.0))
 
 
+def test_two_builds_cannot_run_on_one_index_at_once(corpus, tmp_path):
+    from simdps.indexer.build import _exclusive
+
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    with _exclusive(index_dir):  # as a running build holds it
+        with pytest.raises(SimDPSError, match="another `simdps-index build` is running"):
+            build_index(corpus, index_dir, config=SMALL, progress=False)
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)

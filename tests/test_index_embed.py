@@ -92,7 +92,7 @@ def test_pca_round_trips_through_its_file(fitted, tmp_path):
         np.testing.assert_array_equal(back.frame_basis[side], pca.frame_basis[side])
         # columns are orthonormal (a projection, so distances only shrink)
         v = pca.stft_basis[side]
-        np.testing.assert_allclose(v.T @ v, np.eye(v.shape[1]), atol=1e-8)
+        np.testing.assert_allclose(v.T @ v, np.eye(v.shape[1]), atol=1e-5)
     assert set(back.explained) == {"frame", "pre_stft", "pre_chroma", "post_stft", "post_chroma"}
     assert all(0 < v <= 1 + 1e-9 for v in back.explained.values())
     assert not list(tmp_path.glob("*.tmp"))
