@@ -10,7 +10,8 @@ In one process, and in this order:
    process: the work no index build can avoid;
 2. **build**: ``build_index(..., rebuild=True, workers=W)`` from scratch (PCA fit, hash,
    decode, features, embeddings, FAISS training and adding, Parquet, catalog); CPU time
-   of the process and its workers;
+   of the process and its workers; then **incremental**: an index of three of the four
+   variants, to which the fourth (2.6 h) is added, beside the floor of those files;
 3. **size**: the live index files and catalog, per hour of audio;
 4. **queries**: ``Index.search(include_track=False)`` latency (medians, p90), the ANN part
    (embedding + both FAISS searches) timed apart, and recall@10 of the re-scored
@@ -41,6 +42,7 @@ from index_corpus import make_corpus, make_queries  # noqa: E402
 from simdps.audio import resample, to_mono  # noqa: E402
 from simdps.config import SearchConfig  # noqa: E402
 from simdps.indexer.build import build_index  # noqa: E402
+from simdps.indexer.config import IndexConfig  # noqa: E402
 from simdps.indexer.work import decode_search_signal  # noqa: E402
 from simdps.retrieval.api import Index  # noqa: E402
 from simdps.retrieval.cost import grid_costs  # noqa: E402
@@ -94,6 +96,31 @@ def exhaustive_top(queries, files, k: int, radius: int) -> list[list[tuple[float
     return out
 
 
+def incremental(work: Path, workers: int, report: dict) -> None:
+    """Steady-state ingestion: an index of three variants (7.6 h), then the fourth added."""
+    parts = work / "parts"
+    parts.mkdir(exist_ok=True)
+    for name in ("orig", "up1", "down1", "up2"):
+        (parts / name).unlink(missing_ok=True)
+    for name in ("orig", "up1", "down1"):
+        (parts / name).symlink_to(work / "corpus" / name)
+    build_index(parts, work / "index-incremental", config=IndexConfig(), workers=workers, rebuild=True,
+                progress=False)
+    (parts / "up2").symlink_to(work / "corpus" / "up2")
+    added = sorted((work / "corpus" / "up2").rglob("*.flac"))
+    hours = sum(sf.info(f).duration for f in added) / 3600
+    floor_cpu, _ = floor(added)
+    c0, w0 = cpu_s(), time.perf_counter()
+    result = build_index(parts, work / "index-incremental", workers=workers, progress=False)
+    cpu, wall = cpu_s() - c0, time.perf_counter() - w0
+    assert result.stats.files_added == len(added) and not result.full_rebuild
+    report.update(incremental_hours=hours, incremental_cpu_s=cpu, incremental_wall_s=wall,
+                  incremental_floor_cpu_s=floor_cpu)
+    print(f"incremental: {len(added)} files, {hours:.2f} h added to 7.6 h in {cpu:.1f} CPU s, {wall:.1f} s wall "
+          f"({hours * 3600 / cpu:.0f}x real time per core; floor {hours * 3600 / floor_cpu:.0f}x); "
+          f"build/floor CPU {cpu / floor_cpu:.2f}", flush=True)
+
+
 def recall(found, truth) -> float:
     hits = sum(any(c.path == p and abs(round(c.start_s * CFG.sample_rate) - t) <= CFG.hop_length // 2
                    for c in found) for _, p, t in truth)
@@ -137,15 +164,18 @@ def main() -> None:
         floor_cpu, floor_wall = floor(files)
         print(f"floor: decode+resample {floor_cpu:.1f} CPU s, {floor_wall:.1f} s wall", flush=True)
         c0, w0 = cpu_s(), time.perf_counter()
-        result = build_index(work / "corpus", index_dir, workers=args.workers, rebuild=True, progress=False)
+        result = build_index(work / "corpus", index_dir, config=IndexConfig(), workers=args.workers,
+                             rebuild=True, progress=False)
         build_cpu, build_wall = cpu_s() - c0, time.perf_counter() - w0
         assert result.stats.files_added == len(files), result.errors
         report.update(floor_cpu_s=floor_cpu, floor_wall_s=floor_wall, build_cpu_s=build_cpu,
                       build_wall_s=build_wall, factory=result.factory)
-        print(f"build: {build_cpu:.1f} CPU s, {build_wall:.1f} s wall, factory {result.factory}", flush=True)
+        print(f"build from scratch: {build_cpu:.1f} CPU s, {build_wall:.1f} s wall, factory {result.factory}",
+              flush=True)
         print(f"  hours of audio per CPU-minute: build {hours / (build_cpu / 60):.2f}, floor "
               f"{hours / (floor_cpu / 60):.2f}; x real time per core: build {hours * 3600 / build_cpu:.0f}, "
               f"floor {hours * 3600 / floor_cpu:.0f}; build/floor CPU {build_cpu / floor_cpu:.2f}", flush=True)
+        incremental(work, args.workers, report)
 
     index = Index.open(index_dir)
     info = index.info()

@@ -38,7 +38,7 @@ class IndexConfig:
     flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ
     pq_m: int = 16  # PQ sub-quantizers of the default IVF-PQ (8 dims each)
     pq_nbits: int = 6  # bits per sub-quantizer code: 16 x 6 bits = 12 bytes a vector (+ 8-byte id)
-    train_vectors_per_list: int = 50  # IVF training sample = this x nlist (FAISS: 30..256)
+    train_vectors_per_list: int = 40  # IVF training sample = this x nlist (FAISS: 30..256; 39 avoids its warning)
     nprobe: int = 128  # IVF lists visited per query
     ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used
     seed: int = 0

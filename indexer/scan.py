@@ -2,7 +2,8 @@
 
 A file is a candidate when its extension is one libsndfile (through soundfile) decodes;
 anything else (cover art, cue sheets, notes) is ignored quietly and only counted. Hidden
-files and folders (a leading dot) and the index folder itself are skipped. A file whose
+files and folders (a leading dot) and the index folder itself are skipped; linked folders
+are followed (each real folder once). A file whose
 size and modification time match its catalog row is unchanged without being read; a file
 whose stat changed is hashed, and only a different content hash makes it new work.
 """
@@ -48,9 +49,18 @@ def scan_corpus(root: str | Path, *, exclude: list[str | Path] = ()) -> tuple[li
     skip = {Path(p).resolve() for p in exclude}
     found: list[CorpusFile] = []
     ignored = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen = {root}
+    # Folder links are followed (archives are often assembled from links); `seen` stops cycles.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip)
+        kept = []
+        for d in sorted(dirnames):
+            real = (here / d).resolve()
+            if d.startswith(".") or real in skip or real in seen:
+                continue
+            seen.add(real)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith("."):
                 continue

@@ -226,6 +226,22 @@ def test_two_builds_cannot_run_on_one_index_at_once(corpus, tmp_path):
             build_index(corpus, index_dir, config=SMALL, progress=False)
 
 
+def test_scan_follows_folder_links_once_and_skips_hidden_files_and_the_index(tmp_path):
+    from simdps.indexer.scan import scan_corpus
+
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 1.0, 1)
+    write(root / ".hidden" / "b.wav", 1.0, 2)
+    write(tmp_path / "elsewhere" / "c.flac", 1.0, 3)
+    (root / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "loop").symlink_to(root)  # a cycle must not be walked forever
+    write(root / "idx" / "d.wav", 1.0, 4)  # an index folder inside the corpus
+    (root / "readme.md").write_text("x")
+    files, ignored = scan_corpus(root, exclude=[root / "idx"])
+    assert [f.rel_path for f in files] == ["a.wav", "linked/c.flac"]
+    assert ignored == 1
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)
