@@ -223,6 +223,7 @@ class _Build:
 
         # ---- hash / decode / embed -----------------------------------------------------
         results = self._process(tasks)
+        self.side_counts = {r.rel_path: (r.n_pre, r.n_post) for r in results}
         touched: list[TrackRow] = []  # same content, new stat
         new_ok: list[FileResult] = []
         errors: list[FileResult] = []
@@ -372,7 +373,7 @@ class _Build:
         generation sets (the new ones; every one after a full rebuild).
         """
         dim = self.config.dim
-        counts_new = [self._side_counts(t.content_hash) for t in new_rows]
+        counts_new = [self.side_counts[t.path] for t in new_rows]
         live_factory = self._live_factory(live_dir) if live_dir is not None else None
         if live_dir is not None:
             live_table = read_positions(live_dir / "positions.parquet")
@@ -449,7 +450,7 @@ class _Build:
         want = self.config.train_vectors_per_list * (ivf[0].nlist if ivf else 256)
         want = max(want, 256 * 40)  # PQ codebooks: 256 centroids x >= 39 points each
         total = sum(t.n_positions for t in rows)
-        keep_p = min(1.0, want / max(1, total))
+        keep_p = min(1.0, 1.25 * want / max(1, total))  # a margin, then exactly `want` (FAISS warns below)
         rng = np.random.default_rng(self.config.seed)
         samples = {"pre": [], "post": []}
         for t in rows:
@@ -458,12 +459,10 @@ class _Build:
             samples["pre"].append(emb.pre[pick & emb.has_pre])
             samples["post"].append(emb.post[pick & emb.has_post])
         for side, idx in indexes.items():
-            store.train_index(idx, np.concatenate(samples[side]), seed=self.config.seed)
+            sample = np.concatenate(samples[side])
+            sample = sample[rng.permutation(len(sample))[:want]]
+            store.train_index(idx, sample, seed=self.config.seed)
         return indexes
-
-    def _side_counts(self, digest: str) -> tuple[int, int]:
-        emb, _ = read_shard(shard_path(self.cache_dir, digest))
-        return int(emb.has_pre.sum()), int(emb.has_post.sum())
 
     def _live_factory(self, live_dir: Path | None) -> str | None:
         if live_dir is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -48,6 +47,8 @@ class FileResult:
     channels: int | None = None
     frames: int | None = None
     n_positions: int = 0
+    n_pre: int = 0  # positions with a pre-context vector
+    n_post: int = 0  # positions with a post-context vector
     seconds: float = 0.0  # wall time spent (hash + decode + embed)
     reused_shard: bool = False
 
@@ -127,7 +128,8 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         try:
             emb, meta = read_shard(shard)
             return FileResult(task.rel_path, digest, False, None, meta["sample_rate"], meta["channels"],
-                              meta["frames"], len(emb), time.perf_counter() - t0, reused_shard=True)
+                              meta["frames"], len(emb), int(emb.has_pre.sum()), int(emb.has_post.sum()),
+                              time.perf_counter() - t0, reused_shard=True)
         except Exception:  # a damaged cache file is recomputed
             shard.unlink(missing_ok=True)
     try:
@@ -144,9 +146,5 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         return FileResult(task.rel_path, digest, False, "out of memory while embedding this file",
                           seconds=time.perf_counter() - t0)
     return FileResult(task.rel_path, digest, False, None, info.sample_rate, info.channels, info.frames,
-                      len(emb), time.perf_counter() - t0)
+                      len(emb), int(emb.has_pre.sum()), int(emb.has_post.sum()), time.perf_counter() - t0)
 
-
-def shard_for(cache_dir: str | Path, digest: str):
-    """The shard of a content hash: ``(TrackEmbeddings, meta)``."""
-    return read_shard(shard_path(cache_dir, digest))

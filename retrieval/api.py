@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from simdps.config import SearchConfig
 from simdps.errors import GapError, SimDPSError
 from simdps.gaps import Gap
 from simdps.indexer import store
-from simdps.indexer.build import BuildResult, build_index
+from simdps.indexer.build import build_index
 from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
@@ -69,11 +68,6 @@ class Index:
         build_index(corpus_dir, index_dir, config=config, db_url=db_url, workers=workers,
                     rebuild=rebuild, progress=progress)
         return cls.open(index_dir, db_url=db_url)
-
-    @staticmethod
-    def build_report(corpus_dir, index_dir, **kwargs: Any) -> BuildResult:
-        """Build or update and return what the build did (the CLI's entry)."""
-        return build_index(corpus_dir, index_dir, **kwargs)
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, db_url: str | None = None) -> "Index":
