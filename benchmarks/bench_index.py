@@ -8,7 +8,7 @@ In one process, and in this order:
 
 1. **floor**: decode (soundfile) + resample to 12 kHz (soxr HQ) of every corpus file, one
    process: the work no index build can avoid;
-2. **build**: ``build_index(..., rebuild=True, workers=W)`` from scratch (PCA fit, hash,
+2. **build**: ``build_index(..., workers=W)`` into an empty folder (PCA fit, hash,
    decode, features, embeddings, FAISS training and adding, Parquet, catalog); CPU time
    of the process and its workers; then **incremental**: an index of three of the four
    variants, to which the fourth (2.6 h) is added, beside the floor of those files;
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -104,8 +105,8 @@ def incremental(work: Path, workers: int, report: dict) -> None:
         (parts / name).unlink(missing_ok=True)
     for name in ("orig", "up1", "down1"):
         (parts / name).symlink_to(work / "corpus" / name)
-    build_index(parts, work / "index-incremental", config=IndexConfig(), workers=workers, rebuild=True,
-                progress=False)
+    shutil.rmtree(work / "index-incremental", ignore_errors=True)
+    build_index(parts, work / "index-incremental", config=IndexConfig(), workers=workers, progress=False)
     (parts / "up2").symlink_to(work / "corpus" / "up2")
     added = sorted((work / "corpus" / "up2").rglob("*.flac"))
     hours = sum(sf.info(f).duration for f in added) / 3600
@@ -163,9 +164,10 @@ def main() -> None:
     if not args.skip_build:
         floor_cpu, floor_wall = floor(files)
         print(f"floor: decode+resample {floor_cpu:.1f} CPU s, {floor_wall:.1f} s wall", flush=True)
+        shutil.rmtree(index_dir, ignore_errors=True)  # from scratch: no shard cache to reuse either
         c0, w0 = cpu_s(), time.perf_counter()
         result = build_index(work / "corpus", index_dir, config=IndexConfig(), workers=args.workers,
-                             rebuild=True, progress=False)
+                             progress=False)
         build_cpu, build_wall = cpu_s() - c0, time.perf_counter() - w0
         assert result.stats.files_added == len(files), result.errors
         report.update(floor_cpu_s=floor_cpu, floor_wall_s=floor_wall, build_cpu_s=build_cpu,
