@@ -34,26 +34,16 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
 from simdps.audio import audio_info
-from simdps.config import to_dict
 from simdps.errors import SimDPSError
 from simdps.indexer import store
 from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig, write_json_atomic
-from simdps.indexer.embed import PCA_FILE, ContextPCA, fit_pca
-from simdps.indexer.layout import (
-    POSITIONS_SCHEMA,
-    gen_dir,
-    pca_fingerprint,
-    read_positions,
-    read_shard,
-    remove_other_generations,
-    shard_path,
-    write_parquet_atomic,
-)
+from simdps.indexer.embed import PCA_FILE, fit_pca
+from simdps.indexer.generation import live_factory, write_generation
+from simdps.indexer.layout import gen_dir, pca_fingerprint, remove_other_generations, shard_path
 from simdps.indexer.scan import CorpusFile, scan_corpus
 from simdps.indexer.work import FileResult, FileTask, decode_search_signal, init_worker, process_file
 from simdps.retrieval.features import frame_features
@@ -266,10 +256,11 @@ class _Build:
         placed: list[TrackRow] = []
         if new_rows or dropped or self.rebuild or not use_live:
             generation = self.build_id
-            factory, full, placed = self._assemble(live_dir if use_live else None, pca_path, kept_ok,
-                                                   new_rows, dropped, generation)
+            factory, full, placed = write_generation(
+                self.index_dir, generation, self.config, self.cache_dir, pca_path,
+                live_dir if use_live else None, kept_ok, new_rows, dropped, self.side_counts)
         else:
-            factory = self._live_factory(live_dir)
+            factory = live_factory(live_dir)
         upserts = {t.path: t for t in touched + error_rows}
         upserts.update({t.path: t for t in placed})  # placed rows carry their (new) first_row
         live_rows = {t.path: t for t in kept_ok} | {t.path: t for t in placed}
@@ -365,110 +356,6 @@ class _Build:
         return results
 
     # ------------------------------------------------------------------------------
-    def _assemble(self, live_dir: Path | None, pca_path: Path, kept_ok: list[TrackRow],
-                  new_rows: list[TrackRow], dropped: list[TrackRow], generation: int):
-        """Write ``gen-<generation>`` with the kept and new tracks' vectors.
-
-        Returns ``(factory, full, placed)``: ``placed`` are the rows whose ``first_row`` this
-        generation sets (the new ones; every one after a full rebuild).
-        """
-        dim = self.config.dim
-        counts_new = [self.side_counts[t.path] for t in new_rows]
-        live_factory = self._live_factory(live_dir) if live_dir is not None else None
-        if live_dir is not None:
-            live_table = read_positions(live_dir / "positions.parquet")
-            dropped_ids = {t.id for t in dropped}
-            drop_mask = np.isin(live_table.column("track_id").to_numpy(), list(dropped_ids))
-            keep_table = live_table.filter(pa.array(~drop_mask))
-            n_side = (int(np.sum(keep_table.column("has_pre").to_numpy())),
-                      int(np.sum(keep_table.column("has_post").to_numpy())))
-        else:
-            keep_table, n_side = None, (0, 0)
-        n_side = (n_side[0] + sum(c[0] for c in counts_new), n_side[1] + sum(c[1] for c in counts_new))
-        factory = self.config.factory or store.choose_factory(
-            max(n_side), dim, flat_max_vectors=self.config.flat_max_vectors,
-            pq_m=self.config.pq_m, pq_nbits=self.config.pq_nbits)
-
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f"gen-{generation}.tmp", dir=self.index_dir))
-        full = live_dir is None or factory != live_factory
-        indexes = {}
-        if not full:
-            indexes = {s: store.read_index(live_dir / f"{s}.faiss") for s in ("pre", "post")}
-            ranges = [(t.first_row, t.first_row + t.n_positions) for t in dropped if t.first_row is not None]
-            if not all(store.remove_id_ranges(idx, ranges) for idx in indexes.values()):
-                full = True  # the structure cannot remove ids (HNSW): rebuild from the shards
-        tables: list[pa.Table] = []
-        if full:
-            all_rows = sorted(kept_ok, key=lambda t: t.path) + new_rows
-            first = 0
-            add_rows = []
-            for t in all_rows:
-                add_rows.append(replace(t, first_row=first))
-                first += t.n_positions
-            indexes = self._train_new(factory, add_rows)
-        else:
-            first = _next_row(keep_table)
-            add_rows = []
-            for t in new_rows:
-                add_rows.append(replace(t, first_row=first))
-                first += t.n_positions
-            tables.append(keep_table)
-        for t in add_rows:
-            emb, meta = read_shard(shard_path(self.cache_dir, t.content_hash))
-            ids = t.first_row + np.arange(len(emb), dtype=np.int64)
-            store.add_vectors(indexes["pre"], emb.pre[emb.has_pre], ids[emb.has_pre])
-            store.add_vectors(indexes["post"], emb.post[emb.has_post], ids[emb.has_post])
-            native = np.rint(emb.positions * (meta["sample_rate"] / self.cfg.sample_rate)).astype(np.int64)
-            tables.append(pa.table({
-                "id": ids, "track_id": np.full(len(emb), t.id, dtype=np.int32),
-                "position_12k": emb.positions.astype(np.int64), "native_sample": native,
-                "has_pre": emb.has_pre, "has_post": emb.has_post,
-            }, schema=POSITIONS_SCHEMA))
-        table = pa.concat_tables(tables) if tables else POSITIONS_SCHEMA.empty_table()
-        table = table.sort_by("id")
-        for side, idx in indexes.items():
-            store.write_index_atomic(idx, tmp_dir / f"{side}.faiss")
-        write_parquet_atomic(tmp_dir / "positions.parquet", table)
-        shutil.copyfile(pca_path, tmp_dir / PCA_FILE)
-        pca = ContextPCA.load(pca_path)
-        write_json_atomic(tmp_dir / CONFIG_FILE, {
-            "format_version": FORMAT_VERSION, "generation": generation, "factory": factory,
-            "index": self.config.to_dict(), "search": to_dict(self.cfg), "dim": dim,
-            "pca_variance_kept": pca.explained, "positions": table.num_rows,
-            "vectors": {s: int(idx.ntotal) for s, idx in indexes.items()},
-        })
-        os.replace(tmp_dir, gen_dir(self.index_dir, generation))
-        return factory, full, add_rows
-
-    def _train_new(self, factory: str, rows: list[TrackRow]) -> dict:
-        """Empty indexes of ``factory``, trained on a seeded sample of the shards' vectors."""
-        dim = self.config.dim
-        indexes = {s: store.new_index(factory, dim) for s in ("pre", "post")}
-        if all(idx.is_trained for idx in indexes.values()):
-            return indexes
-        ivf = [store.faiss.extract_index_ivf(idx) for idx in indexes.values() if store.is_ivf(idx)]
-        want = self.config.train_vectors_per_list * (ivf[0].nlist if ivf else 256)
-        want = max(want, 256 * 40)  # PQ codebooks: 256 centroids x >= 39 points each
-        total = sum(t.n_positions for t in rows)
-        keep_p = min(1.0, 1.25 * want / max(1, total))  # a margin, then exactly `want` (FAISS warns below)
-        rng = np.random.default_rng(self.config.seed)
-        samples = {"pre": [], "post": []}
-        for t in rows:
-            emb, _ = read_shard(shard_path(self.cache_dir, t.content_hash))
-            pick = rng.random(len(emb)) < keep_p
-            samples["pre"].append(emb.pre[pick & emb.has_pre])
-            samples["post"].append(emb.post[pick & emb.has_post])
-        for side, idx in indexes.items():
-            sample = np.concatenate(samples[side])
-            sample = sample[rng.permutation(len(sample))[:want]]
-            store.train_index(idx, sample, seed=self.config.seed)
-        return indexes
-
-    def _live_factory(self, live_dir: Path | None) -> str | None:
-        if live_dir is None:
-            return None
-        return json.loads((live_dir / CONFIG_FILE).read_text())["factory"]
-
     def _vector_count(self, generation: int | None) -> int:
         if generation is None:
             return 0
@@ -488,12 +375,6 @@ class _Build:
                 shard.unlink(missing_ok=True)
         for partial in self.cache_dir.glob(".*.tmp"):  # a shard being written when a build was killed
             partial.unlink(missing_ok=True)
-
-
-def _next_row(table: pa.Table | None) -> int:
-    if table is None or table.num_rows == 0:
-        return 0
-    return int(pa.compute.max(table.column("id")).as_py()) + 1
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    distance FAISS returned for that side (anything not returned is at least that far).
    Candidates are ranked by that bound.
 3. **Exact re-score.** The best ``n_rescore`` distinct candidates (one within ``2 Lh`` of a
-   better one in the same file is covered by its window) are re-scored with ``J`` of
+   better one in the same file joins its window without taking a slot) are re-scored with ``J`` of
    eq. 10 at full frame resolution: every start on the source's 256-sample frame grid
    within ``reach_hops * Lh``, from features recomputed on a window of the source decoded
    around the candidates (soundfile seek; only ``Lc + L + Lc`` plus margins are read;
@@ -25,7 +25,7 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    eq. 11 (``retrieval/refine.py``), and ``J`` is evaluated again at the refined start,
    which ranks the final list. Step 3 already located the optimum on the frame grid, so
    the coarse hop eq. 11 refines is the frame hop: offsets within ``+-hop/2`` (as in the
-   in-track search), not ``+-Lh/2`` of the ANN grid, whose wider window lets the two-sample
+   in-track search), not ``+-Lh/2`` of the ANN grid, whose wider window lets the waveform
    boundary criterion wander to starts of clearly worse ``J``. (Refining only these ``k``
    keeps the latency down: a refinement costs about as much as a re-score.)
 
