@@ -20,6 +20,7 @@ In one process, and in this order:
    ``n_rescore``; then the projection to 1000 hours.
 
     python benchmarks/bench_index.py [--work /tmp/simdps-bench-index] [--workers 2] [--queries 20]
+    python benchmarks/bench_index.py --stages 40   # per-file build stages only, one thread
 """
 
 from __future__ import annotations
@@ -97,6 +98,36 @@ def exhaustive_top(queries, files, k: int, radius: int) -> list[list[tuple[float
     return out
 
 
+def stages(files: list[Path], index_dir: Path) -> None:
+    """Per-file stages of a build on one BLAS thread (CPU s per hour of audio), beside the floor."""
+    from threadpoolctl import threadpool_limits
+
+    from simdps.audio import content_hash
+    from simdps.indexer.embed import ContextPCA, embed_track
+
+    pca = ContextPCA.load(next(index_dir.glob("gen-*/pca.npz")))
+    total = {"floor (sf.read + soxr)": 0.0, "hash": 0.0, "decode (streamed) + soxr": 0.0,
+             "features (STFT + chroma)": 0.0, "embeddings (both sides)": 0.0}
+    seconds = 0.0
+    with threadpool_limits(1):
+        frame_features(np.zeros(4096, np.float32), CFG)  # librosa's chroma filterbank, once
+        for f in files:
+            c = cpu_s(); x, sr = sf.read(f, dtype="float32", always_2d=True); resample(to_mono(x), sr, CFG.sample_rate)
+            total["floor (sf.read + soxr)"] += cpu_s() - c
+            c = cpu_s(); content_hash(f); total["hash"] += cpu_s() - c
+            c = cpu_s(); y, _ = decode_search_signal(f, CFG); total["decode (streamed) + soxr"] += cpu_s() - c
+            c = cpu_s(); feats = frame_features(y, CFG); total["features (STFT + chroma)"] += cpu_s() - c
+            c = cpu_s(); embed_track(feats, pca, CFG); total["embeddings (both sides)"] += cpu_s() - c
+            seconds += len(y) / CFG.sample_rate
+    hours = seconds / 3600
+    floor_h = total["floor (sf.read + soxr)"] / hours
+    work = sum(v for k, v in total.items() if not k.startswith("floor")) / hours
+    for k, v in total.items():
+        print(f"  {k:28s} {v / hours:6.2f} CPU s per hour of audio", flush=True)
+    print(f"  per-file work {work:.2f} s/h = {work / floor_h:.2f} x the floor; {3600 / work:.0f}x real time "
+          f"per core ({len(files)} files, {hours:.2f} h)", flush=True)
+
+
 def incremental(work: Path, workers: int, report: dict) -> None:
     """Steady-state ingestion: an index of three variants (7.6 h), then the fourth added."""
     parts = work / "parts"
@@ -152,6 +183,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--skip-build", action="store_true", help="reuse the index already in --work")
+    ap.add_argument("--stages", type=int, default=0, metavar="N",
+                    help="only time the per-file build stages on N corpus files (needs a built index)")
     args = ap.parse_args()
     work = Path(args.work)
     t0 = time.perf_counter()
@@ -160,6 +193,9 @@ def main() -> None:
           flush=True)
     index_dir = work / "index"
     report: dict = {"hours": hours, "files": len(files), "workers": args.workers}
+    if args.stages:
+        stages(files[:: max(1, len(files) // args.stages)][: args.stages], index_dir)
+        return
 
     if not args.skip_build:
         floor_cpu, floor_wall = floor(files)
