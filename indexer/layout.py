@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from simdps.atomic import atomic_path
 from simdps.errors import SimDPSError
 from simdps.indexer.embed import TrackEmbeddings
 
@@ -109,17 +110,10 @@ _DELTA = {name: "DELTA_BINARY_PACKED" for name in ("id", "track_id", "position_1
 
 def write_parquet_atomic(path: str | Path, table: pa.Table) -> None:
     """A positions table to ``path`` through a temporary file and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        delta = {k: v for k, v in _DELTA.items() if k in table.column_names}
+    delta = {k: v for k, v in _DELTA.items() if k in table.column_names}
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=[c for c in table.column_names if c not in delta],
                        column_encoding=delta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_positions(path: str | Path) -> pa.Table:

@@ -14,13 +14,12 @@ every FAISS id is the row id of the position in ``positions.parquet``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from simdps.atomic import atomic_path
 from simdps.errors import SimDPSError
 
 __all__ = [
@@ -149,15 +148,8 @@ def _describe(index: faiss.Index) -> str:
 
 def write_index_atomic(index: faiss.Index, path: str | Path) -> None:
     """faiss.write_index to a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(index, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_index(path: str | Path) -> faiss.Index:
