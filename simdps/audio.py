@@ -48,20 +48,25 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Read a file's header; raise :class:`AudioError` if soundfile cannot open it."""
-    path = Path(path)
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise AudioError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, expected an audio file")
+
+
+def _unreadable(path: Path, exc: Exception) -> AudioError:
+    return AudioError(f"{path}: not a readable audio file ({_short(exc)}); use WAV, FLAC, OGG, AIFF or MP3")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's header; raise :class:`AudioError` if soundfile cannot open it."""
+    path = Path(path)
+    _check_path(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise AudioError(
-            f"{path}: not a readable audio file ({_short(exc)}); "
-            "use WAV, FLAC, OGG, AIFF or MP3"
-        ) from None
+        raise _unreadable(path, exc) from None
     if info.frames <= 0:
         raise AudioError(f"{path}: the file holds no audio samples")
     return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames),
@@ -87,14 +92,27 @@ def read_audio(
     -------
     data, sample_rate
     """
-    info = audio_info(path)
+    path = Path(path)
+    _check_path(path)
     try:
-        data, sr = sf.read(str(path), start=start, stop=stop, dtype=dtype, always_2d=True)
+        handle = sf.SoundFile(str(path))  # opened once: header and samples (index re-scores read many windows)
     except Exception as exc:
-        raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
-    if data.shape[0] == 0 and info.frames > 0 and (stop is None or stop > start) and start < info.frames:
+        raise _unreadable(path, exc) from None
+    with handle:
+        frames = int(handle.frames)
+        if frames <= 0:
+            raise AudioError(f"{path}: the file holds no audio samples")
+        start = min(max(0, int(start)), frames)
+        stop = frames if stop is None else min(max(start, int(stop)), frames)
+        try:
+            handle.seek(start)
+            data = handle.read(stop - start, dtype=dtype, always_2d=True)
+        except Exception as exc:
+            raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
+        sr = int(handle.samplerate)
+    if data.shape[0] == 0 and stop > start:
         raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
-    return data, int(sr)
+    return data, sr
 
 
 def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,
