@@ -176,6 +176,9 @@ def costs_at(query: QueryContext, s12k: np.ndarray, starts, cfg: SearchConfig = 
     return CandidateCosts(starts, total, stft, chroma)
 
 
+_GATHER_MAX = 1 << 18  # (frames x candidates) gathered at once by _sliding_side (2 MB of float64)
+
+
 def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int,
                   w: np.ndarray, q_block: np.ndarray) -> np.ndarray:
     """``||q - block(m)||^2`` for the ``count`` candidates whose edge frame is ``first_edge + m``.
@@ -196,12 +199,19 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int,
     rows = table[lo:hi]
     cross = (rows @ q.T.astype(np.float32)).astype(np.float64)  # cross[r, j] = <S_r, sqrt(w_j) q_j>
     energy = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    dot = np.zeros(count)
-    cand_sq = np.zeros(count)
-    for j in range(used):
-        a = first_edge + step * j - lo
-        dot += sqrt_w[j] * cross[a:a + count, j]
-        cand_sq += w[j] * energy[a:a + count]
+    offsets = first_edge + step * np.arange(used) - lo  # row of frame j for candidate 0
+    if used * count <= _GATHER_MAX:
+        # Few candidates (an index re-score window): one gather of the (frame, candidate) grid
+        # instead of a Python loop over frames, which held the GIL for most of a re-score.
+        idx = offsets[:, None] + np.arange(count)[None, :]
+        dot = sqrt_w @ cross[idx, np.arange(used)[:, None]]
+        cand_sq = w[:used] @ energy[idx]
+    else:  # a whole track: per-frame slices keep the memory at O(count)
+        dot = np.zeros(count)
+        cand_sq = np.zeros(count)
+        for j, a in enumerate(offsets):
+            dot += sqrt_w[j] * cross[a:a + count, j]
+            cand_sq += w[j] * energy[a:a + count]
     # The candidate side scaled to unit weighted norm (silent sides left as they are).
     norm = np.sqrt(cand_sq)
     scale = np.where(norm > NORM_FLOOR, 1.0 / np.maximum(norm, NORM_FLOOR), 1.0)
@@ -237,16 +247,24 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
         return CandidateCosts(starts, empty, empty, empty)
 
     phase_pre, phase_post = (-n_fft) % hop, length % hop
-    if features_pre is None:
-        features_pre = frame_features(s12k, cfg, phase=phase_pre)
-    if features_post is None:
-        same = phase_post == phase_pre  # gap length on the hop grid: one frame set serves both sides
-        features_post = features_pre if same else frame_features(s12k, cfg, phase=phase_post)
-    if features_pre.phase != phase_pre or features_post.phase != phase_post:
-        raise ValueError("precomputed features have the wrong phase for this gap length")
     # Edge frames of candidate m = m_first: pre frame 0 ends at t_hat, post frame 0 starts at t_hat + L.
     pre_edge = (int(starts[0]) - n_fft - phase_pre) // hop
     post_edge = (int(starts[0]) + length - phase_post) // hop
+    used_pre = max(_used(query.weights_pre[0]), _used(query.weights_pre[1]))
+    used_post = max(_used(query.weights_post[0]), _used(query.weights_post[1]))
+    # Frames either side reads: a pre side only the frames before its starts, a post side only
+    # those after the gap, so the two frame sets (one per phase) do not both span the signal.
+    pre_rows = (pre_edge - max(0, used_pre - 1), pre_edge + count)
+    post_rows = (post_edge, post_edge + count + max(0, used_post - 1))
+    if features_pre is None and features_post is None and phase_post == phase_pre:
+        features_pre = features_post = _frame_rows(s12k, phase_pre, min(pre_rows[0], post_rows[0]),
+                                                   max(pre_rows[1], post_rows[1]), cfg)
+    if features_pre is None:
+        features_pre = _frame_rows(s12k, phase_pre, *pre_rows, cfg)
+    if features_post is None:
+        features_post = _frame_rows(s12k, phase_post, *post_rows, cfg)
+    if features_pre.phase != phase_pre or features_post.phase != phase_post:
+        raise ValueError("precomputed features have the wrong phase for this gap length")
 
     sq_stft = np.zeros(count)
     sq_chroma = np.zeros(count)
@@ -254,10 +272,30 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
         (features_pre, pre_edge, -1, query.weights_pre, query.pre),
         (features_post, post_edge, 1, query.weights_post, query.post),
     ):
+        edge -= getattr(feats, "first_row", 0)
         sq_stft += _sliding_side(feats.stft, edge, count, step, weights[0], block.stft)
         sq_chroma += _sliding_side(feats.chroma, edge, count, step, weights[1], block.chroma)
     total, stft, chroma = combine_parts(sq_stft, sq_chroma, cfg)
     return CandidateCosts(starts, total, stft, chroma)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Frame features of frames ``first_row ..`` of one phase (the rows :func:`grid_costs` reads)."""
+
+    stft: np.ndarray
+    chroma: np.ndarray
+    phase: int
+    first_row: int
+
+
+def _frame_rows(s12k: np.ndarray, phase: int, lo: int, hi: int, cfg: SearchConfig) -> _Rows:
+    """``frame_features(s12k, phase=phase)`` rows ``[lo, hi)`` only, computed from just their samples."""
+    lo = max(lo, 0)
+    first = phase + lo * cfg.hop_length
+    last = phase + (hi - 1) * cfg.hop_length + cfg.n_fft
+    f = frame_features(s12k[first:max(first, last)], cfg, phase=0)
+    return _Rows(f.stft, f.chroma, phase, lo)
 
 
 def _reference_side(weights: list[float], query: list[np.ndarray], cand: list[np.ndarray]) -> float:
