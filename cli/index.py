@@ -89,7 +89,8 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, rebui
 @click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 16).")
 @click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited (default: the index's).")
-def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, nprobe):
+@click.option("--threads", type=click.IntRange(min=1), help="Threads re-scoring candidates (default: CPU count, at most 4).")
+def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, nprobe, threads):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""
     from simdps.audio import read_audio
     from simdps.retrieval.api import Index
@@ -98,7 +99,8 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann,
     audio, sr = read_audio(track)
     index = Index.open(index_dir, db_url=db_url)
     defaults = SearchParams()
-    params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore, nprobe=nprobe)
+    params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore, nprobe=nprobe,
+                          threads=threads)
     cands = index.search(audio, sr, gap, k=k, include_track=not no_track, path=os.path.abspath(track),
                          params=params)
     if as_json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -214,22 +215,24 @@ class Index:
             near.append(c.start12)  # its window joins theirs, sharing the decode
             n_chosen += 0 if inside else 1  # near a better candidate: no slot of its own
         span12 = query.context.pre_extent + query.length12 + query.context.post_extent + 2 * reach12
-        hits: list = []
-        for (track, bounds), starts in chosen.items():
-            for group in group_windows(starts, span12):
-                hits += rescore(query, group, tracks.path[track], int(tracks.sample_rate[track]),
-                                int(tracks.frames[track]), cfg, reach12=reach12, bounds=bounds)
-        # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
-        hits.sort(key=lambda h: (h.cost, h.path, h.start12))
-        best: list = []
-        for h in hits:
-            if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o in best):
-                best.append(h)
-                if len(best) == k:
-                    break
-        if not refine_offsets:
-            return [_grid_candidate(h, cfg) for h in best]
-        out = [c for c in (refine(query, h, cfg) for h in best) if c is not None]
+        jobs = [(group, track, bounds) for (track, bounds), starts in chosen.items()
+                for group in group_windows(starts, span12)]
+        with _pool(params, len(jobs)) as pool:
+            found = pool.map(lambda job: rescore(query, job[0], tracks.path[job[1]], int(tracks.sample_rate[job[1]]),
+                                                 int(tracks.frames[job[1]]), cfg, reach12=reach12, bounds=job[2]),
+                             jobs)
+            hits = [h for window_hits in found for h in window_hits]
+            # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
+            hits.sort(key=lambda h: (h.cost, h.path, h.start12))
+            best: list = []
+            for h in hits:
+                if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o in best):
+                    best.append(h)
+                    if len(best) == k:
+                        break
+            if not refine_offsets:
+                return [_grid_candidate(h, cfg) for h in best]
+            out = [c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None]
         return _distinct(out, cfg.coarse_hop / cfg.sample_rate)
 
     # ---- description ----------------------------------------------------------------
@@ -273,6 +276,12 @@ class Index:
         }
 
 
+def _pool(params: SearchParams, jobs: int) -> ThreadPoolExecutor:
+    """Threads for the per-window work (decoding, resampling and FFTs release the GIL)."""
+    workers = params.threads if params.threads is not None else min(4, os.cpu_count() or 1)
+    return ThreadPoolExecutor(max_workers=max(1, min(workers, jobs)), thread_name_prefix="simdps-rescore")
+
+
 def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:
     """A frame-grid hit as a candidate (start rounded to the source's rate), its exact J unchanged."""
     start = int(round(hit.start12 * hit.sr / cfg.sample_rate))
@@ -282,15 +291,20 @@ def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:
 
 class _one_blas_thread:
     """Run small matrix products on one BLAS thread: a query is hundreds of tiny products, and
-    OpenBLAS threads cost more than they give there (measured 2x on a shared 2-core machine)."""
+    OpenBLAS threads cost more than they give there (measured 2x on a shared 2-core machine).
+    The loaded libraries are found once per process (a fresh scan cost ~4 ms a query)."""
+
+    _controller = None
 
     def __enter__(self):
+        self._limit = None
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn (librosa)
-            self._limit = None
             return self
-        self._limit = threadpool_limits(1, user_api="blas")
+        if _one_blas_thread._controller is None:
+            _one_blas_thread._controller = ThreadpoolController()
+        self._limit = _one_blas_thread._controller.limit(limits=1, user_api="blas")
         return self
 
     def __exit__(self, *exc):

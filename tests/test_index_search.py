@@ -12,6 +12,7 @@ from conftest import piano_like
 
 from simdps import Index
 from simdps.config import SearchConfig
+from simdps.errors import SimDPSError
 from simdps.indexer.config import IndexConfig
 from simdps.indexer.work import decode_search_signal
 from simdps.retrieval.cost import grid_costs
@@ -71,6 +72,16 @@ def test_planted_repetition_is_found_at_its_exact_sample_for_any_gap_length(plan
     n = int(round(gap_len_s * SR))
     gs = round(GAP_START_S * SR)
     np.testing.assert_allclose(best.extract(n), GAIN * q[gs:gs + n], atol=2e-4)
+
+
+def test_the_result_does_not_depend_on_the_rescore_threads(planted):
+    index, q, _, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.3)
+    one = index.search(q, SR, gap, k=8, params=SearchParams(threads=1))
+    two = index.search(q, SR, gap, k=8, params=SearchParams(threads=3))
+    assert [(c.path, c.start_sample, c.cost) for c in one] == [(c.path, c.start_sample, c.cost) for c in two]
+    with pytest.raises(SimDPSError, match="threads"):
+        SearchParams(threads=0)
 
 
 def _overlaps_gap_context(c, gap):
