@@ -17,12 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simdps.diffusion.guidance import PRESETS
 from simdps.errors import SimDPSError
 from simdps.evaluation.excerpts import Excerpt
-from simdps.restore.auto import auto_guide_weight
 from simdps.restore.config import GUIDED_METHODS, RestoreConfig
-from simdps.restore.fill import fill_lpc, fill_model, fill_sim, model_window
+from simdps.restore.fill import fill_gap, model_window
 from simdps.restore.guide import Guide, GuideFinder
 from simdps.restore.samples import NativeAudio, to_float
 from simdps.restore.trackview import TrackView
@@ -45,6 +43,7 @@ class ExcerptRestorer:
                  checkpoint: str | None = None, device: str | None = None, need_model: bool = True):
         self.cfg = restore_config
         self.index = index
+        self._open_index = None
         self.denoiser: Any = None
         self.model_info: dict | None = None
         if need_model:
@@ -59,7 +58,11 @@ class ExcerptRestorer:
             return None, 0.0
         t0 = time.perf_counter()
         view = TrackView(track, [excerpt.gap_in_track_samples])  # y = M x over the whole track
-        finder = GuideFinder(view, excerpt.track, index_dir=self.index, k=self.cfg.k, cfg=self.cfg.search)
+        if self.index is not None and self._open_index is None:
+            from simdps.retrieval.api import Index
+
+            self._open_index = Index.open(self.index)  # once for all excerpts
+        finder = GuideFinder(view, excerpt.track, index_dir=self._open_index, k=self.cfg.k, cfg=self.cfg.search)
         guide = finder.find(0)
         return guide, time.perf_counter() - t0
 
@@ -78,27 +81,13 @@ class ExcerptRestorer:
             raise SimDPSError(f"no guide candidate was found for {excerpt.excerpt_id} in its track"
                               + (" or the index" if self.index else ""))
         t0 = time.perf_counter()
-        if method == "lpc":
-            fill = fill_lpc(view, 0, self.cfg)
-        elif method == "sim":
-            fill = fill_sim(view, 0, guide, self.cfg)
-        else:
-            if self.denoiser is None:
-                raise SimDPSError(f"method {method} needs the diffusion model, which was not loaded")
-            if method == "auto":
-                # w_guide from how well the match fits (rho = J*/J_0), as simdps-restore does.
-                w_guide, rho = auto_guide_weight(guide.candidate.cost if guide is not None else None,
-                                                 (guide.null_cost or 0.0) if guide is not None else 0.0,
-                                                 self.cfg.auto)
-                preset = "simdps-l" if w_guide > 0 else "dps"
-                facts["match_ratio"] = rho
-            else:
-                preset, w_guide = method, PRESETS[method].w_guide
-            seed = self.cfg.seed + seed_offset
-            result = fill_model(view, 0, self.denoiser, self.model_info, self.cfg, preset=preset,
-                                w_guide=w_guide, guide=guide, seed=seed, progress=False)
-            fill = result.fill
-            facts.update(preset=result.preset, w_y=result.w_y, w_guide=result.w_guide, seed=seed)
+        done = fill_gap(method, view, 0, guide, self.denoiser, self.model_info, self.cfg,
+                        seed=self.cfg.seed + seed_offset)
+        fill = done.fill
+        if done.preset is not None:
+            facts.update(preset=done.preset, w_y=done.w_y, w_guide=done.w_guide, seed=done.seed)
+        if method == "auto":
+            facts["match_ratio"] = done.match_ratio
         view.fill(0, fill)
         facts["timings_s"]["restore"] = round(time.perf_counter() - t0, 4)
         if guide is not None and method in GUIDED_METHODS:

@@ -20,7 +20,8 @@ from simdps.restore.splice import crossfade_splice, residual_splice
 from simdps.restore.trackview import TrackView
 from simdps.restore.window import Window, model_mask, plan_window, to_model_rate, to_track_rate
 
-__all__ = ["context_limits", "fill_lpc", "fill_sim", "ModelFill", "fill_model", "model_window"]
+__all__ = ["context_limits", "fill_lpc", "fill_sim", "ModelFill", "fill_model", "model_window", "MethodFill",
+           "fill_gap"]
 
 
 def context_limits(view: TrackView, gap_index: int) -> tuple[int, int]:
@@ -143,3 +144,53 @@ def fill_model(view: TrackView, gap_index: int, denoiser: Any, info: dict, cfg: 
     fill = residual_splice(x_est, observed, window.gap_start, window.gap_end,
                            int(round(cfg.splice_fade_s * window.sample_rate)))
     return ModelFill(fill, window, preset, cfg.w_y, float(w_guide))
+
+
+@dataclass
+class MethodFill:
+    """One gap filled by one method, and the facts a report records about it."""
+
+    fill: np.ndarray
+    preset: str | None = None  # the sampler preset that ran (None for lpc and sim)
+    w_y: float | None = None
+    w_guide: float | None = None
+    match_ratio: float | None = None  # auto only: J* / J_0, which chose w_guide
+    seed: int | None = None
+    window: Window | None = None
+
+
+def fill_gap(method: str, view: TrackView, gap_index: int, guide: Guide | None, denoiser: Any,
+             info: dict | None, cfg: RestoreConfig, *, seed: int, progress: bool = False) -> MethodFill:
+    """Fill gap ``gap_index`` of ``view`` with ``method`` (lpc, sim, dps, simdps-l, simdps-h, auto).
+
+    The one dispatch that ``simdps-restore`` and ``simdps-eval`` share. ``auto`` takes the
+    guide weight from the match confidence (:func:`~simdps.restore.auto.auto_guide_weight`)
+    and runs plain DPS when it is 0. Does not modify ``view``; the caller splices the fill.
+    """
+    from simdps.errors import SimDPSError
+
+    if method == "lpc":
+        return MethodFill(fill_lpc(view, gap_index, cfg))
+    if method in ("sim", "simdps-l", "simdps-h") and guide is None:
+        raise SimDPSError(f"method {method} needs a guide candidate, and none was found")
+    if method == "sim":
+        return MethodFill(fill_sim(view, gap_index, guide, cfg))
+    if denoiser is None or info is None:
+        raise SimDPSError(f"method {method} needs the diffusion model, which was not loaded")
+    match_ratio = None
+    if method == "auto":
+        from simdps.restore.auto import auto_guide_weight
+
+        best = guide.candidate.cost if guide is not None else None
+        w_guide, match_ratio = auto_guide_weight(best, (guide.null_cost or 0.0) if guide is not None else 0.0,
+                                                 cfg.auto)
+        preset = "simdps-l" if w_guide > 0 else "dps"
+    else:
+        from simdps.diffusion.guidance import PRESETS
+
+        if method not in PRESETS:
+            raise SimDPSError(f"unknown method {method!r}; use lpc, sim, dps, simdps-l, simdps-h or auto")
+        preset, w_guide = method, PRESETS[method].w_guide
+    result = fill_model(view, gap_index, denoiser, info, cfg, preset=preset, w_guide=w_guide, guide=guide,
+                        seed=seed, progress=progress)
+    return MethodFill(result.fill, result.preset, result.w_y, result.w_guide, match_ratio, seed, result.window)

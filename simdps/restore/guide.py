@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from simdps.restore.auto import null_cost
 from simdps.restore.report import GuideRecord
 from simdps.restore.trackview import TrackView
 from simdps.retrieval.candidate import Candidate, resample_window
+
+if TYPE_CHECKING:
+    from simdps.retrieval.api import Index
 
 __all__ = ["Guide", "GuideFinder", "search_guide_file", "parse_guide_audio"]
 
@@ -97,13 +100,14 @@ class GuideFinder:
     track : the track with every gap zeroed (a :class:`~simdps.restore.trackview.TrackView`
         without fills).
     path : the track's file name (recorded on candidates and in the report).
-    index_dir : search this corpus index (plus the track) instead of the track alone.
+    index_dir : search this corpus index (a folder, or an open :class:`~simdps.retrieval.api.Index`)
+        plus the track, instead of the track alone.
     guide_audio : search only this file, or take it at ``guide_start_s``.
     k, cfg : how many candidates to retrieve, and the search settings.
     """
 
     def __init__(self, track: TrackView, path: str, *,
-                 index_dir: str | os.PathLike | None = None, guide_audio: str | os.PathLike | None = None,
+                 index_dir: "str | os.PathLike | Index | None" = None, guide_audio: str | os.PathLike | None = None,
                  guide_start_s: float | None = None, k: int = 10, cfg: SearchConfig = SearchConfig()):
         self.track = track
         self.mono = track.mono()
@@ -127,7 +131,8 @@ class GuideFinder:
         elif index_dir is not None:
             from simdps.retrieval.api import Index
 
-            self.index = Index.open(index_dir)
+            # an open Index is reused as it is (a caller restoring many excerpts opens it once)
+            self.index = index_dir if isinstance(index_dir, Index) else Index.open(index_dir)
 
     @property
     def source_name(self) -> str:

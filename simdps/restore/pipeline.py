@@ -27,9 +27,8 @@ from tqdm.auto import tqdm
 
 from simdps.errors import GapError, SimDPSError
 from simdps.gaps import Gap, parse_gap, validate_gaps
-from simdps.restore.auto import auto_guide_weight
 from simdps.restore.config import GUIDED_METHODS, MODEL_METHODS, RestoreConfig, check_method
-from simdps.restore.fill import fill_lpc, fill_model, fill_sim, model_window
+from simdps.restore.fill import fill_gap, model_window
 from simdps.restore.guide import Guide, GuideFinder, parse_guide_audio
 from simdps.restore.report import GapRecord, RunReport, write_report
 from simdps.restore.samples import NativeAudio, output_format, read_native, write_native
@@ -246,28 +245,14 @@ def restore(
 def _fill_one(m: str, view: TrackView, i: int, guide: Guide | None, denoiser: Any, info: dict | None,
               cfg: RestoreConfig, record: GapRecord, progress: bool) -> None:
     """Fill gap ``i`` of ``view`` with method ``m`` and note the weights in ``record``."""
-    if m == "lpc":
-        view.fill(i, fill_lpc(view, i, cfg))
-        return
-    if m == "sim":
-        view.fill(i, fill_sim(view, i, guide, cfg))
-        return
+    done = fill_gap(m, view, i, guide, denoiser, info, cfg, seed=cfg.seed + i, progress=progress)
+    view.fill(i, done.fill)
     if m == "auto":
-        best = guide.candidate.cost if guide is not None else None
-        w_guide, rho = auto_guide_weight(best, guide.null_cost if guide is not None else 0.0, cfg.auto)
-        record.match_ratio = rho
-        preset = "simdps-l" if w_guide > 0 else "dps"
-    else:
-        from simdps.diffusion.guidance import PRESETS
-
-        preset, w_guide = m, PRESETS[m].w_guide
-    seed = cfg.seed + i
-    result = fill_model(view, i, denoiser, info, cfg, preset=preset, w_guide=w_guide, guide=guide,
-                        seed=seed, progress=progress)
-    view.fill(i, result.fill)
-    record.w_y, record.w_guide, record.seed = result.w_y, result.w_guide, seed
-    record.window_start_s = result.window.start / result.window.sample_rate
-    record.window_length_s = result.window.length / result.window.sample_rate
+        record.match_ratio = done.match_ratio
+    if done.window is not None:
+        record.w_y, record.w_guide, record.seed = done.w_y, done.w_guide, done.seed
+        record.window_start_s = done.window.start / done.window.sample_rate
+        record.window_length_s = done.window.length / done.window.sample_rate
 
 
 def _no_guide_reason(finder: GuideFinder | None) -> str:
