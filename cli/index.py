@@ -42,22 +42,33 @@ def cli() -> None:
 @click.option("--hop", "coarse_hop", type=click.IntRange(min=1),
               help="Position hop Lh in samples at 12 kHz (default 1024, about 85 ms; a multiple of 256).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited per query (stored with the index).")
+@click.option("--dims", type=str, metavar="STFT,CHROMA",
+              help="Embedding dimensions per context side (default 96,32; wider finds more of the exact "
+                   "top 10 with an exact --factory Flat, at ~4 bytes a dimension; see docs/PERFORMANCE.md).")
 @click.option("--rebuild", is_flag=True, help="Refit the PCA, re-embed every file and rebuild the index.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
-def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, rebuild, quiet, as_json):
+def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims, rebuild, quiet, as_json):
     """Index every audio file under CORPUS (recursively); a second run updates it incrementally."""
     from simdps.indexer.build import build_index
     from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 
     index_dir = index_dir or _default_index(corpus)
     config = None
-    if factory or coarse_hop or nprobe:
+    if factory or coarse_hop or nprobe or dims:
         base = IndexConfig()
         if (Path(index_dir) / CONFIG_FILE).exists():
             base = IndexConfig.from_dict(read_index_config(index_dir)["index"])
         search = base.search if coarse_hop is None else replace(base.search, coarse_hop=coarse_hop)
         config = replace(base, search=search, factory=factory or base.factory, nprobe=nprobe or base.nprobe)
+        if dims:
+            try:
+                stft_dims, chroma_dims = (int(v) for v in dims.split(","))
+            except ValueError:
+                raise click.BadParameter(f"{dims!r}: give two integers, e.g. 96,32", param_hint="--dims") from None
+            if stft_dims < 1 or chroma_dims < 1:
+                raise click.BadParameter("both dimensions must be at least 1", param_hint="--dims")
+            config = replace(config, stft_dims=stft_dims, chroma_dims=chroma_dims)
     result = build_index(corpus, index_dir, config=config, db_url=db_url, workers=workers,
                          rebuild=rebuild, progress=not quiet)
     s = result.stats

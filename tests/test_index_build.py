@@ -216,6 +216,22 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
         Index.open(index_dir).search(piano_like(12.0, SR), SR, (20.0, 21.0))
 
 
+def test_cli_build_dims_sets_the_embedding_width_and_changing_it_needs_rebuild(corpus, tmp_path, capsys):
+    from simdps.cli.index import main
+
+    index_dir = tmp_path / "idx"
+    main(["build", str(corpus), "--index", str(index_dir), "-q", "--dims", "24,8"])
+    capsys.readouterr()
+    assert Index.open(index_dir).pca.dim == 32
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", str(corpus), "--index", str(index_dir), "-q", "--dims", "16,8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--rebuild" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", str(corpus), "--index", str(index_dir), "-q", "--dims", "16"])
+    assert exit_info.value.code == 2 and "two integers" in capsys.readouterr().err
+
+
 def test_two_builds_cannot_run_on_one_index_at_once(corpus, tmp_path):
     from simdps.indexer.build import _exclusive
 
