@@ -32,10 +32,13 @@ _METHODS = ["lpc", "sim", "dps", "simdps-l", "simdps-h", "auto", "all"]
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler noise seed (gap i uses SEED + i).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write a JSON report of what was done to each gap.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the model [default: torch's, one per core]. On a machine busy with other "
+                   "work, 1 is often faster (threads that wait on each other stall).")
 @click.option("--force", is_flag=True, help="Replace existing output and report files.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(track, gaps, output, index, method, guide_audio, checkpoint, device, steps, seed, report, force,
-            quiet) -> None:
+def command(track, gaps, output, index, method, guide_audio, checkpoint, device, steps, seed, report, threads,
+            force, quiet) -> None:
     """Fill the gaps of TRACK; every sample outside them stays bit-exact.
 
     \b
@@ -44,6 +47,10 @@ def command(track, gaps, output, index, method, guide_audio, checkpoint, device,
     """
     from simdps.restore import restore
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     run = restore(track, gaps, output=output, method=method, index=index, guide_audio=guide_audio,
                   checkpoint=checkpoint, device=device, steps=steps, seed=seed, report=report, force=force,
                   progress=not quiet)

@@ -192,6 +192,22 @@ def _smooth_join(restored: np.ndarray, original: np.ndarray, edge: int, sr: int)
     assert edge_flux_ratio_db(original, restored, sr, edge) < 3.0
 
 
+def test_threads_option_sets_the_model_threads(tmp_path, checkpoint):
+    import torch
+
+    before = torch.get_num_threads()
+    x = repeating_track()
+    path = tmp_path / "track.wav"
+    sf.write(path, damaged(x, GAPS[:1]), SR)
+    try:
+        run_cli([str(path), *gap_args(GAPS[:1]), "--method", "dps", "--checkpoint", str(checkpoint),
+                 "--steps", "2", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "track.restored.wav").exists()
+
+
 @pytest.mark.parametrize("method", ["lpc", "sim"])
 def test_lpc_and_sim_join_the_recording_without_a_click(tmp_path, method):
     x = repeating_track()
