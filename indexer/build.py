@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from simdps.atomic import write_text_atomic
 from simdps.audio import audio_info
 from simdps.errors import SimDPSError
 from simdps.indexer import store
@@ -300,7 +301,7 @@ class _Build:
         path = cache_root / fp / PCA_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-        _write_text_atomic(pending, fp)
+        write_text_atomic(pending, fp)
         return path
 
     def _pca_sample(self, files: list[CorpusFile]):
@@ -375,10 +376,3 @@ class _Build:
                 shard.unlink(missing_ok=True)
         for partial in self.cache_dir.glob(".*.tmp"):  # a shard being written when a build was killed
             partial.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

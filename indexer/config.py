@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from simdps.atomic import write_json_atomic as _write_json_atomic
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 
@@ -63,17 +62,8 @@ class IndexConfig:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """JSON to a temporary file in the same folder, then os.replace (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """JSON (sorted keys) to ``path`` through a temporary file and os.replace (never half-written)."""
+    _write_json_atomic(path, data, sort_keys=True)
 
 
 def read_index_config(index_dir: str | Path) -> dict:

@@ -27,13 +27,12 @@ side; through ``U`` it is ~5.5 GFLOP once per hour plus ~9.3 GFLOP per side.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from simdps.atomic import atomic_path
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.config import IndexConfig
@@ -174,14 +173,8 @@ class ContextPCA:
         arrays["alphas"] = np.array([self.alpha_stft, self.alpha_chroma])
         arrays["explained_keys"] = np.array(sorted(self.explained))
         arrays["explained_values"] = np.array([self.explained[k] for k in sorted(self.explained)])
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "ContextPCA":

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -83,16 +82,10 @@ def write_shard(path: str | Path, emb: TrackEmbeddings, meta: dict) -> None:
     """One file's embeddings (float16: the cache is 4x smaller than float32 at ~1e-3 relative precision)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, positions=emb.positions, has_pre=emb.has_pre, has_post=emb.has_post,
-                     pre=emb.pre.astype(np.float16), post=emb.post.astype(np.float16),
-                     meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed build leaves only `.NAME.*.tmp`
+        np.savez(f, positions=emb.positions, has_pre=emb.has_pre, has_post=emb.has_post,
+                 pre=emb.pre.astype(np.float16), post=emb.post.astype(np.float16),
+                 meta=np.array(json.dumps(meta)))
 
 
 def read_shard(path: str | Path) -> tuple[TrackEmbeddings, dict]:
