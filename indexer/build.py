@@ -294,13 +294,18 @@ class _Build:
                 return path  # a killed first build: its shards stay valid
         pca = fit_pca(self._pca_sample(files), self.config)
         cache_root.mkdir(parents=True, exist_ok=True)
+        # Saved beside the cache first: its content names the folder it moves into.
         fd, tmp = tempfile.mkstemp(prefix=".pca.", suffix=".npz", dir=cache_root)
         os.close(fd)
-        pca.save(tmp)
-        fp = pca_fingerprint(tmp)
-        path = cache_root / fp / PCA_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        try:
+            pca.save(tmp)
+            fp = pca_fingerprint(tmp)
+            path = cache_root / fp / PCA_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         write_text_atomic(pending, fp)
         return path
 
@@ -375,4 +380,6 @@ class _Build:
             if shard.name != PCA_FILE and shard.stem not in live_hashes:
                 shard.unlink(missing_ok=True)
         for partial in self.cache_dir.glob(".*.tmp"):  # a shard being written when a build was killed
+            partial.unlink(missing_ok=True)
+        for partial in self.cache_dir.parent.glob(".pca.*.npz"):  # a PCA being saved when one was killed
             partial.unlink(missing_ok=True)
