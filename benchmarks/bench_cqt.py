@@ -13,23 +13,12 @@ building the CQT window tables.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from typing import Callable
 
 import torch
 
+from _timing import median_s  # benchmarks/_timing.py
 from simdps.diffusion.cqt import CQT, _cqt_tables
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocator, FFT plans
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -65,8 +54,8 @@ def main() -> None:
             return cqt.inverse(cqt(x))
 
         with torch.inference_mode():
-            cqt_s = _median_s(cqt_round_trip, args.repeats)
-            stft_s = _median_s(stft_round_trip, args.repeats)
+            cqt_s = median_s(cqt_round_trip, args.repeats)
+            stft_s = median_s(stft_round_trip, args.repeats)
             err = float((cqt_round_trip() - x).norm() / x.norm())
         cqt_red = 2 * sum(k * t for k, t in zip(cqt.bins, cqt.frames)) / n
         stft_red = 2 * 513 * (n // 256 + 1) / n

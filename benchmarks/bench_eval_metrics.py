@@ -13,25 +13,13 @@ optional basic-pitch installed it also times one note transcription of the excer
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import librosa
 import numpy as np
 
+from _timing import median_s  # benchmarks/_timing.py
 from simdps.evaluation import metrics as M
 from simdps.evaluation.notes import NoteTranscriber, notes_unavailable_reason
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: filter banks, FFT plans
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _music(seconds: float, sr: int) -> np.ndarray:
@@ -60,23 +48,23 @@ def main() -> None:
         gap = (2 * sr, 4 * sr)
         x_hat[gap[0]:gap[1]] = np.random.default_rng(1).standard_normal(2 * sr) * 0.1
         n_fft = M._frame_length(cfg.frame_s, sr)
-        base = _median_s(lambda: librosa.stft(x, n_fft=n_fft, hop_length=n_fft // 4), args.repeats)
+        base = median_s(lambda: librosa.stft(x, n_fft=n_fft, hop_length=n_fft // 4), args.repeats)
         rows = [
             ("baseline: one STFT", base),
-            ("lsd_db", _median_s(lambda: M.log_spectral_distance(x, x_hat, sr, gap, cfg), args.repeats)),
-            ("mel_l1_db", _median_s(lambda: M.log_mel_l1(x, x_hat, sr, gap, cfg), args.repeats)),
-            ("chroma_sim", _median_s(lambda: M.chroma_similarity(x, x_hat, sr, gap, cfg), args.repeats)),
-            ("snr_db", _median_s(lambda: M.snr_db(x, x_hat, sr, gap), args.repeats)),
-            ("loudness_diff_db", _median_s(lambda: M.loudness_difference_db(x, x_hat, sr, gap), args.repeats)),
-            ("flux (both edges)", _median_s(lambda: [M.edge_flux_ratio_db(x, x_hat, sr, e, cfg) for e in gap],
+            ("lsd_db", median_s(lambda: M.log_spectral_distance(x, x_hat, sr, gap, cfg), args.repeats)),
+            ("mel_l1_db", median_s(lambda: M.log_mel_l1(x, x_hat, sr, gap, cfg), args.repeats)),
+            ("chroma_sim", median_s(lambda: M.chroma_similarity(x, x_hat, sr, gap, cfg), args.repeats)),
+            ("snr_db", median_s(lambda: M.snr_db(x, x_hat, sr, gap), args.repeats)),
+            ("loudness_diff_db", median_s(lambda: M.loudness_difference_db(x, x_hat, sr, gap), args.repeats)),
+            ("flux (both edges)", median_s(lambda: [M.edge_flux_ratio_db(x, x_hat, sr, e, cfg) for e in gap],
                                             args.repeats)),
-            ("diff (both edges)", _median_s(lambda: [M.edge_diff_energy_ratio_db(x, x_hat, sr, e, cfg)
+            ("diff (both edges)", median_s(lambda: [M.edge_diff_energy_ratio_db(x, x_hat, sr, e, cfg)
                                                      for e in gap], args.repeats)),
-            ("gap_metrics (all of them)", _median_s(lambda: M.gap_metrics(x, x_hat, sr, gap, cfg), args.repeats)),
+            ("gap_metrics (all of them)", median_s(lambda: M.gap_metrics(x, x_hat, sr, gap, cfg), args.repeats)),
         ]
         if notes_unavailable_reason() is None:
             transcriber = NoteTranscriber()
-            rows.append(("basic-pitch transcription", _median_s(lambda: transcriber.transcribe(x, sr),
+            rows.append(("basic-pitch transcription", median_s(lambda: transcriber.transcribe(x, sr),
                                                                  max(1, args.repeats // 3))))
         for name, seconds in rows:
             print(f"{sr:>6} {name:<28} {1e3 * seconds:>9.2f} {seconds / base:>7.1f}")

@@ -18,26 +18,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from typing import Callable
 
 import torch
 
+from _timing import median_s  # benchmarks/_timing.py
 from simdps.diffusion.checkpoint import build_model
 from simdps.diffusion.guidance import Guidance
 from simdps.diffusion.train import TrainConfig, _update_ema, edm_loss
 from simdps.diffusion.unet import UNetConfig
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: CQT tables, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -85,7 +74,7 @@ def main() -> None:
     print(f"{'evaluation':>12} {'ms':>9} {'x unguided':>11} {'50-step inpaint s':>18}")
     base = None
     for name, fn in cases.items():
-        t = _median_s(fn, args.repeats)
+        t = median_s(fn, args.repeats)
         base = base or t
         print(f"{name:>12} {t * 1e3:9.1f} {t / base:11.2f} {99 * t:18.1f}")
 
@@ -106,7 +95,7 @@ def main() -> None:
         _update_ema(ema, model, 0.999)
         sync()
 
-    t = _median_s(step, args.repeats)
+    t = median_s(step, args.repeats)
     print(f"{'train step':>12} {t * 1e3:9.1f} {t / base:11.2f}   (batch {train_cfg.batch_size} x {n})")
 
 

@@ -19,14 +19,12 @@ Prints medians, per-start times and ratios; also checks that the two cost paths 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from _timing import median_s  # benchmarks/_timing.py
 from simdps.audio import resample
 from simdps.config import SearchConfig
 from simdps.retrieval.cost import costs_at, grid_costs, query_context
@@ -35,16 +33,6 @@ from simdps.retrieval.track import search_track
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import piano_like  # noqa: E402  (the test suite's synthetic music)
-
-
-def _median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: imports, filterbank cache, FFT plans
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -64,18 +52,18 @@ def main() -> None:
     query = query_context(y12, gs12, ge12, cfg)
     parts = (y12[:gs12], y12[ge12:])
 
-    t_grid = _median_s(lambda: [grid_costs(query, p, cfg) for p in parts], args.repeats)
+    t_grid = median_s(lambda: [grid_costs(query, p, cfg) for p in parts], args.repeats)
     n_starts = sum(len(grid_costs(query, p, cfg)) for p in parts)
     grid = grid_costs(query, parts[0], cfg)
     subset = grid.starts[np.linspace(0, len(grid) - 1, args.subset).astype(int)]
-    t_subset = _median_s(lambda: costs_at(query, parts[0], subset, cfg), max(1, args.repeats // 2))
+    t_subset = median_s(lambda: costs_at(query, parts[0], subset, cfg), max(1, args.repeats // 2))
     t_per_cand = t_subset / len(subset) * n_starts
     check = costs_at(query, parts[0], subset, cfg)
     exact = grid.total[np.searchsorted(grid.starts, subset)]
     rel_err = float(np.max(np.abs(check.total - exact) / check.total))
 
-    t_search = _median_s(lambda: search_track(x, sr, gap, k=10, cfg=cfg), args.repeats)
-    t_resample = _median_s(lambda: resample(x, sr, cfg.sample_rate), args.repeats)
+    t_search = median_s(lambda: search_track(x, sr, gap, k=10, cfg=cfg), args.repeats)
+    t_resample = median_s(lambda: resample(x, sr, cfg.sample_rate), args.repeats)
 
     print(f"track {duration_s:g} s at {sr} Hz, gap 2 s, {n_starts} grid starts, medians of {args.repeats}")
     print(f"{'what':<34} {'total ms':>10} {'us/start':>9}")
