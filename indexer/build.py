@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from simdps.atomic import write_text_atomic
+from simdps.atomic import write_json_atomic, write_text_atomic
 from simdps.audio import audio_info
 from simdps.errors import SimDPSError
 from simdps.indexer import store
 from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, display_url
-from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig, write_json_atomic
+from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig
 from simdps.indexer.embed import PCA_FILE, fit_pca
 from simdps.indexer.generation import live_factory, write_generation
 from simdps.indexer.layout import gen_dir, pca_fingerprint, remove_other_generations, shard_path
@@ -121,7 +121,7 @@ def _build_locked(t_start: float, corpus_root: Path, index_dir: Path, config: In
         "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),
         "db_url": None if db_url == default_url(index_dir) else display_url(db_url),
         "index": config.to_dict(),
-    })
+    }, sort_keys=True)
     store.configure_threads(workers)
     catalog = Catalog(db_url)
     build_id = catalog.begin_build(config=config.to_dict(), corpus_root=str(corpus_root),

@@ -6,11 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from simdps.atomic import write_json_atomic as _write_json_atomic
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 
-__all__ = ["IndexConfig", "CONFIG_FILE", "FORMAT_VERSION", "write_json_atomic", "read_index_config"]
+__all__ = ["IndexConfig", "CONFIG_FILE", "FORMAT_VERSION", "read_index_config"]
 
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
@@ -59,11 +58,6 @@ class IndexConfig:
                               "another SimDPS version: rebuild it with `simdps-index build --rebuild`")
         search = data.pop("search", {})
         return cls(search=SearchConfig(**search), **data)
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """JSON (sorted keys) to ``path`` through a temporary file and os.replace (never half-written)."""
-    _write_json_atomic(path, data, sort_keys=True)
 
 
 def read_index_config(index_dir: str | Path) -> dict:

@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from simdps.atomic import write_json_atomic
 from simdps.config import to_dict
 from simdps.indexer import store
 from simdps.indexer.catalog import TrackRow
-from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig, write_json_atomic
+from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig
 from simdps.indexer.embed import PCA_FILE, ContextPCA
 from simdps.indexer.layout import (
     POSITIONS_SCHEMA,
@@ -115,9 +116,10 @@ def write_generation(index_dir: Path, generation: int, config: IndexConfig, cach
         "index": config.to_dict(), "search": to_dict(cfg), "dim": dim,
         "pca_variance_kept": pca.explained, "positions": table.num_rows,
         "vectors": {s: int(idx.ntotal) for s, idx in indexes.items()},
-    })
+    }, sort_keys=True)
     os.replace(tmp_dir, gen_dir(index_dir, generation))
     return factory, full, add_rows
+
 
 def train_new(factory: str, rows: list[TrackRow], config: IndexConfig, cache_dir: Path) -> dict:
     """Empty indexes of ``factory``, trained on a seeded sample of the shards' vectors."""
@@ -142,6 +144,7 @@ def train_new(factory: str, rows: list[TrackRow], config: IndexConfig, cache_dir
         sample = sample[rng.permutation(len(sample))[:want]]
         store.train_index(idx, sample, seed=config.seed)
     return indexes
+
 
 def live_factory(live_dir: Path | None) -> str | None:
     """The FAISS factory string of a generation folder (None for none)."""

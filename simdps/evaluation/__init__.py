@@ -6,6 +6,6 @@ Modules, one idea each: :mod:`~simdps.evaluation.metrics` (objective gap metrics
 :mod:`~simdps.evaluation.excerpts` (seeded excerpt selection),
 :mod:`~simdps.evaluation.restoration` (one excerpt by one method), :mod:`~simdps.evaluation.report`
 (CSV, Markdown summary, box plots), :mod:`~simdps.evaluation.mushra` (webMUSHRA export),
-:mod:`~simdps.evaluation.files` (atomic text writes) and :mod:`~simdps.evaluation.runner`
+and :mod:`~simdps.evaluation.runner`
 (the resumable loop tying them together: ``run_evaluation(recordings_dir, out_dir, EvalConfig(...))``).
 """

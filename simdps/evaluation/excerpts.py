@@ -24,7 +24,7 @@ import numpy as np
 
 from simdps.audio import audio_info, read_audio, to_mono
 from simdps.errors import SimDPSError
-from simdps.evaluation.files import write_json_atomic
+from simdps.atomic import write_json_atomic
 from simdps.gaps import Gap
 
 __all__ = [

@@ -35,7 +35,7 @@ import yaml
 
 from simdps.audio import read_audio, resample, write_audio_atomic
 from simdps.errors import SimDPSError
-from simdps.evaluation.files import write_text_atomic
+from simdps.atomic import write_text_atomic
 
 __all__ = ["MushraConfig", "MushraItem", "write_webmushra", "MAX_CONDITIONS"]
 

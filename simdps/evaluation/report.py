@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simdps.evaluation.files import write_bytes_atomic, write_text_atomic
+from simdps.atomic import write_bytes_atomic, write_text_atomic
 from simdps.evaluation.metrics import METRICS, MetricInfo
 
 __all__ = [

@@ -40,7 +40,7 @@ from simdps.evaluation.excerpts import (
     read_manifest,
     write_manifest,
 )
-from simdps.evaluation.files import write_json_atomic, write_text_atomic
+from simdps.atomic import write_json_atomic, write_text_atomic
 from simdps.evaluation.metrics import MetricConfig, gap_metrics
 from simdps.evaluation.mushra import MushraConfig, MushraItem, write_webmushra
 from simdps.evaluation.notes import NoteTranscriber, missing_note_scores, note_scores, notes_unavailable_reason

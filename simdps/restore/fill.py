@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from simdps.errors import SimDPSError
+from simdps.restore.auto import auto_guide_weight
 from simdps.restore.config import RestoreConfig
 from simdps.restore.guide import Guide
 from simdps.restore.lpc import burg_extrapolate, lpc_fill
@@ -167,8 +169,6 @@ def fill_gap(method: str, view: TrackView, gap_index: int, guide: Guide | None, 
     guide weight from the match confidence (:func:`~simdps.restore.auto.auto_guide_weight`)
     and runs plain DPS when it is 0. Does not modify ``view``; the caller splices the fill.
     """
-    from simdps.errors import SimDPSError
-
     if method == "lpc":
         return MethodFill(fill_lpc(view, gap_index, cfg))
     if method in ("sim", "simdps-l", "simdps-h") and guide is None:
@@ -179,8 +179,6 @@ def fill_gap(method: str, view: TrackView, gap_index: int, guide: Guide | None, 
         raise SimDPSError(f"method {method} needs the diffusion model, which was not loaded")
     match_ratio = None
     if method == "auto":
-        from simdps.restore.auto import auto_guide_weight
-
         best = guide.candidate.cost if guide is not None else None
         w_guide, match_ratio = auto_guide_weight(best, (guide.null_cost or 0.0) if guide is not None else 0.0,
                                                  cfg.auto)
