@@ -43,7 +43,7 @@ def cli() -> None:
               help="Position hop Lh in samples at 12 kHz (default 1024, about 85 ms; a multiple of 256).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited per query (stored with the index).")
 @click.option("--dims", type=str, metavar="STFT,CHROMA",
-              help="Embedding dimensions per context side (default 96,32; wider finds more of the exact "
+              help="Embedding dimensions per context side (default 64,64; wider finds more of the exact "
                    "top 10 with an exact --factory Flat, at ~4 bytes a dimension; see docs/PERFORMANCE.md).")
 @click.option("--rebuild", is_flag=True, help="Refit the PCA, re-embed every file and rebuild the index.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -65,7 +65,7 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
             try:
                 stft_dims, chroma_dims = (int(v) for v in dims.split(","))
             except ValueError:
-                raise click.BadParameter(f"{dims!r}: give two integers, e.g. 96,32", param_hint="--dims") from None
+                raise click.BadParameter(f"{dims!r}: give two integers, e.g. 64,64", param_hint="--dims") from None
             if stft_dims < 1 or chroma_dims < 1:
                 raise click.BadParameter("both dimensions must be at least 1", param_hint="--dims")
             config = replace(config, stft_dims=stft_dims, chroma_dims=chroma_dims)
@@ -99,9 +99,11 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
 @click.option("--db", "db_url", help="Catalog URL, if the index was built with --db and a password.")
 @click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 16).")
 @click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
+@click.option("--n-complete", type=click.IntRange(min=0),
+              help="Best merged candidates whose missing side is read from the index (default 256; 0: none).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited (default: the index's).")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads re-scoring candidates (default: CPU count, at most 4).")
-def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, nprobe, threads):
+def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, n_complete, nprobe, threads):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""
     from simdps.audio import read_audio
     from simdps.retrieval.api import Index
@@ -110,7 +112,8 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann,
     audio, sr = read_audio(track)
     index = Index.open(index_dir, db_url=db_url)
     defaults = SearchParams()
-    params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore, nprobe=nprobe,
+    params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore,
+                          n_complete=defaults.n_complete if n_complete is None else n_complete, nprobe=nprobe,
                           threads=threads)
     cands = index.search(audio, sr, gap, k=k, include_track=not no_track, path=os.path.abspath(track),
                          params=params)

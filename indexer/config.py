@@ -12,7 +12,7 @@ from simdps.errors import SimDPSError
 __all__ = ["IndexConfig", "CONFIG_FILE", "FORMAT_VERSION", "read_index_config"]
 
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: inner-product FAISS indexes, zstd-compressed on disk
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,15 @@ class IndexConfig:
 
     search: SearchConfig = field(default_factory=SearchConfig)
     stft_frame_dims: int = 32  # per-frame PCA of the 513-bin magnitude (first reduction; keeps ~98 %)
-    stft_dims: int = 96  # PCA of the weighted STFT context block
-    chroma_dims: int = 32  # PCA of the weighted chroma context block
+    stft_dims: int = 64  # PCA of the weighted STFT context block
+    chroma_dims: int = 64  # PCA of the weighted chroma context block (keeps far less of its block than
+    # the STFT PCA does: 64 + 64 found more of the exact top 10 than 96 + 32 or 80 + 48, docs/PERFORMANCE.md)
     pca_train_positions: int = 10_000  # context blocks sampled to fit the PCA
     pca_train_files: int = 64  # at most this many files decoded for the PCA sample
     factory: str | None = None  # FAISS index_factory string; None = chosen by corpus size
     flat_max_vectors: int = 100_000  # per side; above this the default is IVF-PQ
     pq_m: int = 16  # PQ sub-quantizers of the default IVF-PQ (8 dims each)
-    pq_nbits: int = 6  # bits per sub-quantizer code: 16 x 6 bits = 12 bytes a vector (+ 8-byte id)
+    pq_nbits: int = 8  # bits per sub-quantizer code: 16 x 8 bits = 16 bytes a vector (+ the id, ~2 bytes on disk)
     train_vectors_per_list: int = 40  # IVF training sample = this x nlist (FAISS: 30..256; 39 avoids its warning)
     nprobe: int = 128  # IVF lists visited per query
     ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used

@@ -11,18 +11,29 @@ Per side, with the context blocks of ``retrieval/features.py`` (``b_1``: the 36 
 STFT frames scaled to unit weighted norm; ``b_2``: the 137 weighted chroma frames), whose
 squared distances are exactly the side's parts of ``d_1^2`` and ``d_2^2``::
 
-    e = [ sqrt(a_1) * V_1^T vec(b_1 U),  sqrt(a_2) * V_2^T b_2 ]          (128 values)
+    e = [ sqrt(a_1) * V_1^T vec(b_1 U),  sqrt(a_2) * V_2^T b_2 ]          (64 + 64 values)
 
-``U`` (513 x 32) is a PCA basis of single STFT frames, ``V_1`` (36*32 x 96) a PCA basis
-of the frame-reduced STFT blocks and ``V_2`` (137*12 x 32) of the chroma blocks, all
-fitted on the corpus (per side). Orthonormal projections only shrink distances, so
-``||e(query) - e(p)||^2 ~= a_1 d_1,side^2 + a_2 d_2,side^2`` from below, the error being
-the energy of the block differences outside the kept components (measured in the tests
-and the benchmark). Means are not subtracted: distances do not depend on them.
+``U`` (513 x 32) is a PCA basis of single STFT frames, ``V_1`` (36*32 x 64) a PCA basis
+of the frame-reduced STFT blocks and ``V_2`` (137*12 x 64) of the chroma blocks, all
+fitted on the corpus (per side). Means are not subtracted (the projections are applied to
+the raw blocks).
+
+How the search compares two embeddings. Orthonormal projections only shrink distances,
+so ``||e(query) - e(p)||^2 <= a_1 d_1,side^2 + a_2 d_2,side^2``, short by the energy of
+the block difference outside the kept components. That shortfall includes
+``||r(p)||^2``, the part of the corpus block the PCA drops, which varies a lot between
+blocks (for chroma, a block keeps 25 to 60 % of its energy): ranked by L2, poorly
+represented blocks look nearer than they are. Every block has unit weighted norm
+(``features.context_block``), so the side cost is ``N_q + a_1 + a_2 - 2 <b_q, b_p>``
+(``N_q`` the query's block energy) and the search ranks by the inner product
+``<e_q, e_p>`` instead, which drops only the cross term ``<r_q, r_p>`` of the two
+residuals (``retrieval/index_search.side_distances``). On the 10-h benchmark this raised
+the share of the exact top 10 among 16 re-scored candidates from 0.89 to 0.95 with exact
+128-d vectors (docs/PERFORMANCE.md).
 
 The two-step STFT reduction is what keeps the build cheap: projecting 36 x 513 = 18468
-values per position to 96 dimensions directly costs ~150 GFLOP per hour of audio and
-side; through ``U`` it is ~5.5 GFLOP once per hour plus ~9.3 GFLOP per side.
+values per position to 64 dimensions directly costs ~150 GFLOP per hour of audio and
+side; through ``U`` it is ~5.5 GFLOP once per hour plus ~6 GFLOP per side.
 """
 
 from __future__ import annotations
@@ -133,7 +144,7 @@ class ContextPCA:
         Equal to ``embed_block(context_block(features, edge, side))`` for every position,
         computed in batches: every frame once through ``U``, then per batch one gather of
         the raw frame rows and one product with ``V`` whose rows carry ``sqrt(w_j)``; the
-        side's ``1/n_k`` scales the 96 + 32 outputs rather than the 1152 + 1644 inputs.
+        side's ``1/n_k`` scales the 64 + 64 outputs rather than the 1152 + 1644 inputs.
         """
         if features.phase != 0:
             raise ValueError("corpus embeddings need features computed at phase 0")

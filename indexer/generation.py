@@ -73,7 +73,7 @@ def write_generation(index_dir: Path, generation: int, config: IndexConfig, cach
     full = live_dir is None or factory != old_factory
     indexes = {}
     if not full:
-        indexes = {s: store.read_index(live_dir / f"{s}.faiss") for s in ("pre", "post")}
+        indexes = {s: store.read_index(live_dir / f"{s}.faiss.zst") for s in ("pre", "post")}
         ranges = [(t.first_row, t.first_row + t.n_positions) for t in dropped if t.first_row is not None]
         if not all(store.remove_id_ranges(idx, ranges) for idx in indexes.values()):
             full = True  # the structure cannot remove ids (HNSW): rebuild from the shards
@@ -107,7 +107,7 @@ def write_generation(index_dir: Path, generation: int, config: IndexConfig, cach
     table = pa.concat_tables(tables) if tables else POSITIONS_SCHEMA.empty_table()
     table = table.sort_by("id")
     for side, idx in indexes.items():
-        store.write_index_atomic(idx, tmp_dir / f"{side}.faiss")
+        store.write_index_atomic(idx, tmp_dir / f"{side}.faiss.zst")
     write_parquet_atomic(tmp_dir / "positions.parquet", table)
     shutil.copyfile(pca_path, tmp_dir / PCA_FILE)
     pca = ContextPCA.load(pca_path)

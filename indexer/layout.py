@@ -7,7 +7,7 @@
     DIR/gen-<B>/                 the index files build B made live (one folder, renamed into place)
         config.json              IndexConfig, factory, PCA variance kept, counts
         pca.npz                  the context PCA (indexer/embed.py)
-        pre.faiss, post.faiss    FAISS indexes of pre- and post-context embeddings
+        pre.faiss.zst, post...   FAISS indexes of pre- and post-context embeddings (zstd-compressed)
         positions.parquet        one row per position: FAISS id -> track, 12 kHz and native sample
     DIR/cache/<pca>/<hash>.npz   per-file embedding shards (content-addressed; resume and rebuilds)
 

@@ -1,5 +1,9 @@
 """FAISS vector store: index structure from a factory string, ids = Parquet row ids.
 
+Vectors are compared by inner product (``METRIC``): the search ranks corpus vectors by
+``<e_q, e_x>``, from which ``retrieval/index_search.py`` forms its estimate of the side's
+``a_1 d_1^2 + a_2 d_2^2`` (see ``indexer/embed.py`` for why not the L2 distance).
+
 The structure is a FAISS ``index_factory`` string stored with the index. By default it is
 chosen from the number of vectors, following FAISS's "Guidelines to choose an index":
 exact ``Flat`` for small corpora; above ``flat_max_vectors``, ``IVF<nlist>,PQ<m>x<bits>``
@@ -9,6 +13,12 @@ string can be passed instead.
 
 Indexes without their own id storage (Flat, HNSW, PQ) are wrapped in ``IDMap2`` so that
 every FAISS id is the row id of the position in ``positions.parquet``.
+
+On disk each index is FAISS's own serialisation streamed through zstd (``pyarrow``'s codec):
+the 8-byte ids FAISS keeps per vector are increasing within each inverted list and shrink to
+about 2 bytes, the codes stay as they are (10-h benchmark: 24 -> 19.4 bytes a vector with
+the default 16-byte codes, including the coarse quantizer). :class:`VectorLookup` gives back the stored (quantised) vector of
+any id, which the search uses to complete candidates that only one side's ANN returned.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from simdps.atomic import atomic_path
 from simdps.errors import SimDPSError
@@ -25,7 +36,11 @@ from simdps.errors import SimDPSError
 __all__ = [
     "choose_factory", "new_index", "train_index", "add_vectors", "remove_id_ranges",
     "set_search_params", "write_index_atomic", "read_index", "is_ivf", "ivf_lists", "configure_threads",
+    "METRIC", "VectorLookup",
 ]
+
+METRIC = faiss.METRIC_INNER_PRODUCT
+_CODEC = "zstd"
 
 # STACK.md: exact L2 on small query batches is 10-20x faster with BLAS kicking in late.
 faiss.cvar.distance_compute_blas_threshold = 20
@@ -38,12 +53,12 @@ def configure_threads(n: int | None) -> None:
 
 
 def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000, pq_m: int = 16,
-                   pq_nbits: int = 6) -> str:
+                   pq_nbits: int = 8) -> str:
     """The default structure for ``n_vectors`` of dimension ``dim``.
 
     Flat below ``flat_max_vectors`` (exact; 4 dim + 8 bytes a vector). Above it, IVF-PQ:
     ``pq_m`` sub-quantizers of ``pq_nbits`` bits (``pq_m * pq_nbits / 8`` bytes) plus the
-    8-byte id per vector, with nlist ~ 2 sqrt(N) lists (a power of two, in [64, 65536],
+    id per vector (8 bytes in memory, ~2 on disk), with nlist ~ 2 sqrt(N) lists (a power of two, in [64, 65536],
     at most N / 39 so every centroid trains on >= 39 points), and an HNSW coarse quantizer
     from 8192 lists on. FAISS's guidelines say 4 to 16 sqrt(N) lists; we take half the low
     end because k-means training costs ~ nlist^2 and on a CPU build it would otherwise
@@ -66,7 +81,7 @@ def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000,
 def new_index(factory: str, dim: int) -> faiss.Index:
     """An empty index from ``factory``; id-less structures are wrapped in IDMap2."""
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+        index = faiss.index_factory(dim, factory, METRIC)
     except RuntimeError as exc:
         raise SimDPSError(f"FAISS cannot build index {factory!r} for {dim}-d vectors "
                           f"({str(exc).strip().splitlines()[-1]}); pass a valid --factory string") from None
@@ -147,9 +162,9 @@ def _describe(index: faiss.Index) -> str:
 
 
 def write_index_atomic(index: faiss.Index, path: str | Path) -> None:
-    """faiss.write_index to a temporary file in the same folder, then os.replace."""
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, tmp)
+    """FAISS's serialisation, streamed through zstd into a temporary file, then os.replace."""
+    with atomic_path(path) as tmp, pa.CompressedOutputStream(str(tmp), _CODEC) as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
 
 
 def read_index(path: str | Path) -> faiss.Index:
@@ -158,7 +173,76 @@ def read_index(path: str | Path) -> faiss.Index:
     if not path.exists():
         raise SimDPSError(f"{path}: index file missing; rebuild the index with `simdps-index build`")
     try:
-        return faiss.read_index(str(path))
-    except RuntimeError as exc:
+        with pa.CompressedInputStream(pa.OSFile(str(path)), _CODEC) as f:
+            return faiss.read_index(faiss.PyCallbackIOReader(f.read))
+    except (RuntimeError, OSError, pa.ArrowException) as exc:
         raise SimDPSError(f"{path}: unreadable FAISS index ({str(exc).strip().splitlines()[-1]}); "
                           "rebuild it with `simdps-index build --rebuild`") from None
+
+
+class VectorLookup:
+    """The stored vectors of given ids: exact for Flat/HNSW storage, decoded codes for IVF.
+
+    FAISS finds a vector by id only through a direct map, which IVF indexes do not keep
+    (its hash-table form would cost ~40 bytes a vector). Here the id -> (list, offset) map
+    is a dense array over the row ids, filled once from the inverted lists' own id arrays
+    on first use (6 bytes a row with up to 65 536 lists); for ``IDMap`` wrappers it is the
+    inverse of their id array. Other structures (pre-transforms, HNSW without ``IDMap``)
+    have no lookup: :meth:`get` then reports every id missing.
+    """
+
+    def __init__(self, index: faiss.Index):
+        self._index = index
+        self._kind: str | None = None
+        self._built = False
+
+    def _build(self) -> None:
+        self._built = True
+        index = faiss.downcast_index(self._index)
+        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            self._inner = index.index
+            self._slot = _dense_inverse(ids, np.arange(len(ids), dtype=np.int64), np.int64)
+            self._kind = "idmap"
+        elif isinstance(index, faiss.IndexIVF) and index.invlists is not None:
+            invlists = index.invlists
+            parts = [(faiss.rev_swig_ptr(invlists.get_ids(l), invlists.list_size(l)).copy(), l)
+                     for l in range(index.nlist) if invlists.list_size(l)]
+            ids = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.int64)
+            lists = np.concatenate([np.full(len(p), l) for p, l in parts]) if parts else np.zeros(0, np.int64)
+            offsets = np.concatenate([np.arange(len(p)) for p, _ in parts]) if parts else np.zeros(0, np.int64)
+            self._list = _dense_inverse(ids, lists, np.uint16 if index.nlist <= 65536 else np.int32, fill=0)
+            self._offset = _dense_inverse(ids, offsets, np.int32, fill=0)
+            self._has = _dense_inverse(ids, np.ones(len(ids), bool), bool, fill=False)
+            self._ivf = index
+            self._kind = "ivf"
+
+    def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors (n, d) float32, found (n,) bool)``; rows of ids not stored are zeros."""
+        if not self._built:
+            self._build()
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((len(ids), self._index.d), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        if self._kind == "idmap":
+            inside = (ids >= 0) & (ids < len(self._slot))
+            slot = np.where(inside, self._slot[np.where(inside, ids, 0)], -1) if len(self._slot) else np.full(len(ids), -1)
+            found = slot >= 0
+            if found.any():
+                out[found] = self._inner.reconstruct_batch(slot[found])
+        elif self._kind == "ivf":
+            inside = (ids >= 0) & (ids < len(self._has))
+            found = inside.copy()
+            found[inside] = self._has[ids[inside]]
+            for i in np.flatnonzero(found):
+                self._ivf.reconstruct_from_offset(int(self._list[ids[i]]), int(self._offset[ids[i]]),
+                                                  faiss.swig_ptr(out[i]))
+        return out, found
+
+
+def _dense_inverse(ids: np.ndarray, values: np.ndarray, dtype, fill=-1) -> np.ndarray:
+    """``table[ids[i]] = values[i]`` over ``0 .. max(ids)``, ``fill`` elsewhere."""
+    n = int(ids.max()) + 1 if len(ids) else 0
+    table = np.full(n, fill, dtype=dtype)
+    table[ids] = values
+    return table

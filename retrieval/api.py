@@ -7,6 +7,7 @@ track's own candidates (``retrieval/track.py``), unless ``include_track=False``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +30,12 @@ from simdps.retrieval.index_search import (
     ann_k,
     ann_query,
     TrackTable,
+    complete_sides,
     hash_if_file,
     is_query_track,
     merge_hits,
     prepare_query,
+    side_distances,
     refine,
     group_windows,
     rescore,
@@ -53,6 +56,7 @@ class Index:
         self.factory = factory
         self.pca = pca
         self._faiss = {"pre": faiss_pre, "post": faiss_post}
+        self._lookups = {side: store.VectorLookup(idx) for side, idx in self._faiss.items()}
         self.tracks = tracks
         self.corpus_root = corpus_root
         self.db_url = db_url
@@ -110,7 +114,7 @@ class Index:
             path=[os.path.join(root, *t.path.split("/")) for t in rows],
         )
         return cls(index_dir, config, generation, gen_info["factory"], ContextPCA.load(gdir / PCA_FILE),
-                   store.read_index(gdir / "pre.faiss"), store.read_index(gdir / "post.faiss"), tracks,
+                   store.read_index(gdir / "pre.faiss.zst"), store.read_index(gdir / "post.faiss.zst"), tracks,
                    root, db_url, gen_info)
 
     # ---- search ---------------------------------------------------------------------
@@ -170,17 +174,21 @@ class Index:
                 store.set_search_params(idx, nprobe=params.nprobe)
         ann = ann_query(query, cfg)
         ctx = ann.context
-        ann_hits = {}
+        ann_hits, vectors, blocks = {}, {}, {}
         for side, block, extent in (("pre", ctx.pre, ctx.pre_extent), ("post", ctx.post, ctx.post_extent)):
             idx = self._faiss[side]
             if extent == 0 or idx.ntotal == 0:
                 ann_hits[side] = None
                 continue
-            vec = self.pca.embed_block(block, side)[None, :]
+            vectors[side], blocks[side] = self.pca.embed_block(block, side), block
             nlist, nprobe = store.ivf_lists(idx)
-            dist, ids = idx.search(vec, ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
-            ann_hits[side] = (dist[0], ids[0])
+            sims, ids = idx.search(vectors[side][None, :], ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
+            ann_hits[side] = (side_distances(sims[0], block, cfg), ids[0])
         merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits["pre"], ann_hits["post"])
+        if params.n_complete:
+            head = complete_sides(list(itertools.islice(merged, params.n_complete)), self.tracks, ann,
+                                  cfg.coarse_hop, {s: self._lookups[s] for s in vectors}, vectors, blocks, cfg)
+            merged = itertools.chain(head, merged)
         query_path = str(query_path) if query_path is not None else None
         query_hash = hash_if_file(query_path)
         own: dict[int, bool] = {}

@@ -7,11 +7,14 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    searched in its FAISS index: a pre hit at position ``p`` proposes the start
    ``t_hat = p``, a post hit at ``q`` proposes ``t_hat = q - L``.
 2. **Merge.** The ANN query is aligned to the index grid (:class:`AnnQuery`), so a pre
-   hit and a post hit of one candidate meet exactly. A candidate's approximate cost is
-   ``D_pre + D_post`` (squared embedding distances, ~ the side parts of
-   ``a_1 d_1^2 + a_2 d_2^2``); a side with no hit is bounded below by the largest
-   distance FAISS returned for that side (anything not returned is at least that far).
-   Candidates are ranked by that bound.
+   hit and a post hit of one candidate meet exactly. A side's approximate cost is
+   ``D = N_q + a_1 + a_2 - 2 <e_q, e_x>`` (:func:`side_distances`), the side part of
+   ``a_1 d_1^2 + a_2 d_2^2`` for unit-norm blocks with the part outside the PCA dropped;
+   a candidate's is ``D_pre + D_post``. A side with no hit is bounded below by the
+   largest ``D`` FAISS returned for that side (anything not returned is at least that
+   far). The best ``n_complete`` candidates by that bound then get their missing side
+   from the vector the index stores for it (:func:`complete_sides`) and are ranked by
+   the completed sum.
 3. **Exact re-score.** The best ``n_rescore`` distinct candidates (one within ``2 Lh`` of a
    better one in the same file joins its window without taking a slot) are re-scored with ``J`` of
    eq. 10 at full frame resolution: every start on the source's 256-sample frame grid
@@ -47,13 +50,14 @@ from simdps.audio import check_finite, content_hash, read_audio, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, validate_gaps
+from simdps.indexer.embed import side_extent
 from simdps.retrieval.candidate import Candidate, resample_window
 from simdps.retrieval.cost import QueryContext, costs_at, grid_costs, query_context
-from simdps.retrieval.features import search_signal
+from simdps.retrieval.features import ContextBlock, search_signal
 from simdps.retrieval.refine import refine_half_width, refine_start
 
 __all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "AnnQuery", "ann_query", "Coarse",
-           "merge_hits", "ann_k", "FrameHit", "rescore", "group_windows", "refine"]
+           "side_distances", "merge_hits", "complete_sides", "ann_k", "FrameHit", "rescore", "group_windows", "refine"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class SearchParams:
     """Knobs of one index query (defaults tuned in benchmarks/bench_index.py)."""
 
     k_ann: int = 8192  # FAISS neighbours per context side
+    n_complete: int = 256  # best merged candidates whose missing side is read from the index
     n_rescore: int = 16  # distinct ANN candidates re-scored exactly from the source audio
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
@@ -69,6 +74,8 @@ class SearchParams:
     def __post_init__(self):
         if self.k_ann < 1 or self.n_rescore < 1 or self.reach_hops < 1:
             raise SimDPSError("k_ann, n_rescore and reach_hops must be at least 1")
+        if self.n_complete < 0:
+            raise SimDPSError("n_complete must be 0 (no completion) or more")
         if self.threads is not None and self.threads < 1:
             raise SimDPSError("threads must be at least 1 (or None for the CPU count)")
 
@@ -198,6 +205,21 @@ class Coarse:
     bound: float = math.inf
 
 
+def side_distances(similarity: np.ndarray, block: ContextBlock, cfg: SearchConfig) -> np.ndarray:
+    """FAISS inner products ``<e_q, e_x>`` of one side -> estimated ``a_1 d_1^2 + a_2 d_2^2`` of that side.
+
+    A block of either feature is scaled to unit weighted norm (``features.context_block``),
+    so ``||b_q - b_x||^2 = ||b_q||^2 + 1 - 2 <b_q, b_x>``, and the PCA keeps the directions
+    in which blocks share their energy: ``<b_q, b_x> ~ <e_q, e_x>`` per feature (each
+    scaled by ``sqrt(a_k)``). Unlike ``||e_q - e_x||^2``, this estimate is not biased
+    towards corpus blocks that the PCA represents poorly (``||e_x||`` small, which made
+    them look near: the kept fraction of a chroma block varies from 0.25 to 0.6).
+    """
+    n_q = cfg.alpha_stft * float(np.sum(np.square(block.stft, dtype=np.float64))) + \
+        cfg.alpha_chroma * float(np.sum(np.square(block.chroma, dtype=np.float64)))
+    return n_q + cfg.alpha_stft + cfg.alpha_chroma - 2.0 * np.asarray(similarity, dtype=np.float64)
+
+
 def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
                pre: tuple[np.ndarray, np.ndarray] | None,
                post: tuple[np.ndarray, np.ndarray] | None, *, limit: int = 4096) -> Iterator[Coarse]:
@@ -241,6 +263,44 @@ def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
     return (Coarse(int(uniq[i, 0]), int(uniq[i, 1]) + ann.lead,
                    float(best[i, 0]) if have[i, 0] else None, float(best[i, 1]) if have[i, 1] else None,
                    float(bound[i])) for i in order)
+
+
+def complete_sides(cands: list[Coarse], tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
+                   lookups: dict, vectors: dict, blocks: dict, cfg: SearchConfig) -> list[Coarse]:
+    """Give each candidate the side its ANN search did not return, then rank by ``D_pre + D_post``.
+
+    ``lookups[side]`` is the side's :class:`~simdps.indexer.store.VectorLookup`,
+    ``vectors[side]`` the query's embedding and ``blocks[side]`` its context block. A
+    candidate at widened start ``p`` has its pre-context vector at row ``first_row + p / Lh``
+    and its post-context vector ``span / Lh`` rows later. The index stores a side only where
+    its whole context fits the source, so when the query's context on that side is whole
+    too, a candidate without the vector cannot be a match (its context leaves the source:
+    the exact re-score would reject it) and goes last; otherwise it keeps its bound.
+    Returns the candidates best first (ties by track, start).
+    """
+    whole = side_extent(cfg)
+    extents = {"pre": ann.context.pre_extent, "post": ann.context.post_extent} if ann.context else {}
+    for side, offset in (("pre", 0), ("post", ann.span // coarse_hop)):
+        attr = "d_pre" if side == "pre" else "d_post"
+        todo = [c for c in cands if getattr(c, attr) is None]
+        if not todo or lookups.get(side) is None:
+            continue
+        m = np.array([(c.start12 - ann.lead) // coarse_hop + offset for c in todo], dtype=np.int64)
+        t = np.array([c.track for c in todo], dtype=np.int64)
+        inside = (m >= 0) & (m < tracks.n_positions[t])
+        rows = np.where(inside, tracks.first_row[t] + m, -1)
+        stored, found = lookups[side].get(rows)
+        found &= inside
+        dist = side_distances(stored @ vectors[side], blocks[side], cfg)
+        for c, f, d in zip(todo, found, dist):
+            if f:
+                setattr(c, attr, float(d))
+            elif extents.get(side, 0) >= whole:
+                c.bound = math.inf
+    for c in cands:  # a side still unknown keeps the floor the merge added for it
+        if c.d_pre is not None and c.d_post is not None:
+            c.bound = c.d_pre + c.d_post
+    return sorted(cands, key=lambda c: (c.bound, c.track, c.start12))
 
 
 def ann_k(k_ann: int, ntotal: int, nlist: int | None, nprobe: int | None) -> int:

@@ -21,6 +21,7 @@ from conftest import piano_like
 from simdps.errors import GapError, SimDPSError
 from simdps.indexer.build import build_index
 from simdps.indexer.catalog import Catalog, default_url, schema_sql
+from simdps.indexer import store
 from simdps.indexer.config import IndexConfig
 from simdps.indexer.layout import gen_dir, list_generations
 from simdps.retrieval.api import Index
@@ -56,7 +57,7 @@ def check_consistent(index_dir: Path, corpus: Path) -> dict:
         assert 0 <= m < t.n_positions and pos == m * SMALL.search.coarse_hop
         assert native == round(pos * t.sample_rate / 12_000)
     for side, flag in (("pre", "has_pre"), ("post", "has_post")):
-        index = faiss.read_index(str(gdir / f"{side}.faiss"))
+        index = store.read_index(gdir / f"{side}.faiss.zst")
         assert index.ntotal == int(np.sum(table[flag]))
         stored = np.sort(faiss.vector_to_array(faiss.downcast_index(index).id_map))
         assert np.array_equal(stored, np.sort(ids[np.array(table[flag])]))
@@ -207,6 +208,10 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     assert 1 <= len(cands) <= 3
     assert set(cands[0]) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft", "cost_chroma"}
     assert [c["cost"] for c in cands] == sorted(c["cost"] for c in cands)
+    main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json",
+          "--n-complete", "0", "--k-ann", "64", "--n-rescore", "4"])
+    fewer = json.loads(capsys.readouterr().out)["candidates"]
+    assert fewer and [c["cost"] for c in fewer] == sorted(c["cost"] for c in fewer)
 
     with pytest.raises(SystemExit) as exit_info:
         main(["query", str(query), "--gap", "11.5:13", "--index", str(index_dir)])
@@ -214,6 +219,16 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     assert exit_info.value.code == 2 and "outside" in err and "Traceback" not in err
     with pytest.raises(GapError, match="outside"):
         Index.open(index_dir).search(piano_like(12.0, SR), SR, (20.0, 21.0))
+
+
+def test_an_index_of_an_older_format_asks_for_a_rebuild(corpus, tmp_path):
+    index_dir = tmp_path / "idx"
+    build_index(corpus, index_dir, config=SMALL, progress=False)
+    top = json.loads((index_dir / "config.json").read_text())
+    top["format_version"] = 1  # e.g. L2 indexes stored uncompressed, before inner products
+    (index_dir / "config.json").write_text(json.dumps(top))
+    with pytest.raises(SimDPSError, match="format 1 is not .*rebuild"):
+        Index.open(index_dir)
 
 
 def test_cli_build_dims_sets_the_embedding_width_and_changing_it_needs_rebuild(corpus, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 from conftest import piano_like
 
 from simdps.config import SearchConfig
@@ -11,6 +12,7 @@ from simdps.errors import SimDPSError
 from simdps.indexer.config import IndexConfig
 from simdps.indexer.embed import ContextPCA, embed_track, fit_pca, grid_positions, side_extent
 from simdps.retrieval.features import context_block, frame_features
+from simdps.retrieval.index_search import side_distances
 
 CFG = SearchConfig()
 SMALL = IndexConfig(stft_dims=32, chroma_dims=16, pca_train_positions=2000)
@@ -102,3 +104,23 @@ def test_too_little_audio_for_the_pca_is_a_clear_error():
     short = [frame_features(piano_like(2.0, CFG.sample_rate).astype(np.float32), CFG)]
     with pytest.raises(SimDPSError, match="add (longer )?recordings"):
         fit_pca(short, SMALL)
+
+
+def test_inner_product_estimate_ranks_corpus_contexts_closer_to_the_exact_side_cost_than_l2(fitted):
+    """side_distances (N_q + a1 + a2 - 2 <e_q, e_x>) against ||e_q - e_x||^2: the L2 form falls short of
+    the exact side cost by each corpus block's own dropped energy, which reorders candidates."""
+    feats, pca = fitted
+    emb = [embed_track(f, pca, CFG) for f in feats]
+    for q in (10, 45, 80):
+        i = int(np.flatnonzero(emb[0].has_post)[q])
+        bq = context_block(feats[0], _edge("post", int(emb[0].positions[i])), "post", CFG)
+        exact, estimate, l2 = [], [], []
+        for t in (1, 2):
+            for j in np.flatnonzero(emb[t].has_post):
+                bx = context_block(feats[t], _edge("post", int(emb[t].positions[j])), "post", CFG)
+                exact.append(np.sum((bq.stft - bx.stft) ** 2) + np.sum((bq.chroma - bx.chroma) ** 2))
+                estimate.append(emb[0].post[i] @ emb[t].post[j])
+                l2.append(np.sum((emb[0].post[i] - emb[t].post[j]) ** 2))
+        estimate = side_distances(np.array(estimate), bq, CFG)
+        rho_ip, rho_l2 = spearmanr(estimate, exact)[0], spearmanr(l2, exact)[0]
+        assert rho_ip > 0.8 and rho_ip > rho_l2 + 0.02, (q, rho_ip, rho_l2)
