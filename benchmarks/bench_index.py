@@ -309,7 +309,7 @@ def main() -> None:
           f"nprobe={index.config.nprobe}): median {median(lat):.0f} ms, p90 {p90(lat):.0f} ms; "
           f"ANN part (embed + 2 FAISS searches) median {median(ann_ms):.1f} ms", flush=True)
 
-    for n_rescore in (8, 16, 32):
+    for n_rescore in sorted({8, 16, defaults.n_rescore, 32}):
         params = SearchParams(n_rescore=n_rescore)
         rec, t_ms = [], []
         for q, tr in zip(queries, truth):

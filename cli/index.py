@@ -97,7 +97,7 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
 @click.option("--json", "as_json", is_flag=True, help='Print {"candidates": [...]}, best first.')
 @click.option("--no-track", is_flag=True, help="Search the corpus only, not TRACK itself.")
 @click.option("--db", "db_url", help="Catalog URL, if the index was built with --db and a password.")
-@click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 16).")
+@click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 20).")
 @click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
 @click.option("--n-complete", type=click.IntRange(min=0),
               help="Best merged candidates whose missing side is read from the index (default 256; 0: none).")

@@ -66,7 +66,7 @@ class SearchParams:
 
     k_ann: int = 8192  # FAISS neighbours per context side
     n_complete: int = 256  # best merged candidates whose missing side is read from the index
-    n_rescore: int = 16  # distinct ANN candidates re-scored exactly from the source audio
+    n_rescore: int = 20  # distinct ANN candidates re-scored exactly from the source audio
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
     threads: int | None = None  # threads re-scoring windows (None: the CPU count, at most 4)
@@ -318,17 +318,33 @@ def ann_k(k_ann: int, ntotal: int, nlist: int | None, nprobe: int | None) -> int
 
 
 class _Window:
-    """Native-rate samples ``[lo, hi)`` of a file decoded once; reads outside fall back to the file."""
+    """Native-rate samples ``[lo, hi)`` of a file decoded once; reads outside fall back to the file.
 
-    def __init__(self, path: str, frames: int, lo: int, hi: int):
+    ``hole`` (native samples) is a stretch inside that nothing will read (the middle of a long
+    gap's segment): it is left at zero instead of decoded, and a read that touches it
+    decodes from the file after all.
+    """
+
+    def __init__(self, path: str, frames: int, lo: int, hi: int, hole: tuple[int, int] | None = None):
         self.path, self.frames = path, frames
         self.lo, self.hi = max(0, lo), min(frames, hi)
-        data, self.sr = read_audio(path, start=self.lo, stop=self.hi, dtype="float32")
+        if hole is not None and not self.lo < hole[0] < hole[1] < self.hi:
+            hole = None
+        self.hole = hole
         # float32 as decoded (and as the index build resamples): soxr runs ~2x faster than in float64
-        self.data = np.ascontiguousarray(to_mono(data), dtype=np.float32)
+        if hole is None:
+            data, self.sr = read_audio(path, start=self.lo, stop=self.hi, dtype="float32")
+            self.data = np.ascontiguousarray(to_mono(data), dtype=np.float32)
+        else:
+            head, self.sr = read_audio(path, start=self.lo, stop=hole[0], dtype="float32")
+            tail, _ = read_audio(path, start=hole[1], stop=self.hi, dtype="float32")
+            self.data = np.zeros(self.hi - self.lo, dtype=np.float32)
+            self.data[:len(head)] = to_mono(head)
+            self.data[hole[1] - self.lo:hole[1] - self.lo + len(tail)] = to_mono(tail)
 
     def read(self, lo: int, hi: int) -> np.ndarray:
-        if self.lo <= lo and hi <= self.lo + len(self.data):
+        inside = self.lo <= lo and hi <= self.lo + len(self.data)
+        if inside and (self.hole is None or hi <= self.hole[0] or lo >= self.hole[1]):
             return self.data[lo - self.lo:hi - self.lo]
         data, _ = read_audio(self.path, start=lo, stop=hi, dtype="float32")
         return np.ascontiguousarray(to_mono(data), dtype=np.float32)
@@ -376,12 +392,24 @@ def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int
     half_width = refine_half_width(hop, sr_s, cfg)
     boundary = int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 2
     margin = int(math.ceil(0.05 * sr_s)) + half_width + boundary
-    window = _Window(path, frames, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin)
+    # No start reads [a, b) at 12 kHz: pre-contexts end by the last start, post-contexts begin
+    # at the first start + L (eq. 11 reads only a few ms around both ends of the segment). A
+    # long gap's stretch is neither decoded nor resampled.
+    a = int(centres[-1]) + reach + hop
+    b = int(centres[0]) - reach + query.length12 - hop
+    long_gap = b - a > cfg.sample_rate // 4
+    hole = (int(math.ceil(a * ratio)) + margin, int(math.floor(b * ratio)) - margin) if long_gap else None
+    window = _Window(path, frames, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin, hole)
     if window.sr != sr_s:
         raise AudioError(f"{path}: now has sample rate {window.sr} Hz, not {sr_s} Hz as indexed; "
                          "the file changed since indexing: run `simdps-index build` again")
     # 12 kHz window on the track's global 12 kHz grid: output k is at time (w0 + k) / 12000.
-    s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate, np.float32)
+    if long_gap:
+        s12 = np.zeros(w1 - w0, dtype=np.float32)
+        s12[:a - w0] = resample_window(window.read, frames, sr_s, 0, w0, a - w0, cfg.sample_rate, np.float32)
+        s12[b - w0:] = resample_window(window.read, frames, sr_s, 0, b, w1 - b, cfg.sample_rate, np.float32)
+    else:
+        s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate, np.float32)
     costs = grid_costs(ctx, s12, cfg)
     starts = costs.starts + w0
     # Whole context inside the source, as the exhaustive search (grid_costs) requires.

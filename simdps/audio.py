@@ -127,10 +127,13 @@ def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
-    """Mean over channels: ``(frames, channels)`` -> ``(frames,)``; 1-D input is returned as is."""
+    """Mean over channels: ``(frames, channels)`` -> ``(frames,)``; 1-D input is returned as is,
+    and one channel as a view of its column (no copy: an index re-score decodes hundreds of windows)."""
     data = np.asarray(data)
     if data.ndim == 1:
         return data
+    if data.ndim == 2 and data.shape[1] == 1:
+        return data[:, 0]
     return data.mean(axis=1)
 
 
