@@ -13,7 +13,8 @@ In one process, and in this order:
    of the process and its workers; then **incremental**: an index of three of the four
    variants, to which the fourth (2.6 h) is added, beside the floor of those files;
 3. **size**: the live index files and catalog, per hour of audio;
-4. **queries**: ``Index.search(include_track=False)`` latency (medians, p90), the ANN part
+4. **queries**: ``Index.search(include_track=False)`` latency (medians, p90; a first pass over the
+   queries, whose files may be cold in the page cache, then the timed warm pass), the ANN part
    (embedding + both FAISS searches) timed apart, and recall@10 of the re-scored
    frame-grid candidates (``refine_offsets=False``) against the exhaustive exact ``J`` on
    every frame-grid start of the corpus (``grid_costs`` over all files), for several
@@ -295,18 +296,23 @@ def main() -> None:
               f"({exhaustive_s / len(queries):.1f} s per query)", flush=True)
 
     defaults = SearchParams()
-    lat, ann_ms = [], []
-    for q in queries:  # warm-up (imports, first FAISS call), then timed
-        index.search(q.audio, q.sr, q.gap, k=10, include_track=False)
-        break
-    for q in queries:
-        t = time.perf_counter()
-        index.search(q.audio, q.sr, q.gap, k=10, include_track=False)
-        lat.append(1e3 * (time.perf_counter() - t))
-        ann_ms.append(ann_time_ms(index, prepare_query(q.audio, q.sr, q.gap, CFG), defaults))
-    report.update(latency_ms_median=median(lat), latency_ms_p90=p90(lat), ann_ms_median=median(ann_ms))
+    # Two passes: the first reads each query's candidate files from disk (the page cache
+    # may be cold, as for a user's first query), the second is the warm figure quoted.
+    passes = []
+    for _ in range(2):
+        lat, ann_ms = [], []
+        for q in queries:
+            t = time.perf_counter()
+            index.search(q.audio, q.sr, q.gap, k=10, include_track=False)
+            lat.append(1e3 * (time.perf_counter() - t))
+            ann_ms.append(ann_time_ms(index, prepare_query(q.audio, q.sr, q.gap, CFG), defaults))
+        passes.append((lat, ann_ms))
+    (cold, _), (lat, ann_ms) = passes
+    report.update(latency_ms_median=median(lat), latency_ms_p90=p90(lat), ann_ms_median=median(ann_ms),
+                  latency_ms_first_pass_median=median(cold))
     print(f"query (include_track=False, k=10, n_rescore={defaults.n_rescore}, k_ann={defaults.k_ann}, "
-          f"nprobe={index.config.nprobe}): median {median(lat):.0f} ms, p90 {p90(lat):.0f} ms; "
+          f"nprobe={index.config.nprobe}): median {median(lat):.0f} ms, p90 {p90(lat):.0f} ms "
+          f"(first pass over the queries: median {median(cold):.0f} ms); "
           f"ANN part (embed + 2 FAISS searches) median {median(ann_ms):.1f} ms", flush=True)
 
     for n_rescore in sorted({8, 16, defaults.n_rescore, 32}):

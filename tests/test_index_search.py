@@ -187,3 +187,19 @@ def test_ann_plus_rescore_reaches_recall_at_10_of_the_exhaustive_exact_search(ph
         # same cost function on the same grid: a found start has the exhaustive J
         assert got[0].cost >= truth[0][0] - 1e-6
     assert np.mean(recalls) >= 0.95, recalls
+
+
+def test_a_rescore_window_skips_a_long_gaps_middle_but_reads_it_on_demand(tmp_path):
+    from simdps.retrieval.index_search import _Window
+
+    x = piano_like(6.0, SR, seed=3)
+    path = tmp_path / "w.flac"
+    sf.write(path, x, SR, subtype="PCM_24")
+    full = _Window(str(path), len(x), 1000, 100_000)
+    holed = _Window(str(path), len(x), 1000, 100_000, hole=(30_000, 70_000))
+    assert not holed.data[30_000 - 1000:70_000 - 1000].any()  # not decoded
+    np.testing.assert_array_equal(holed.data[:29_000], full.data[:29_000])
+    np.testing.assert_array_equal(holed.data[69_000:], full.data[69_000:])
+    np.testing.assert_array_equal(holed.read(2000, 29_000), full.read(2000, 29_000))
+    np.testing.assert_array_equal(holed.read(29_000, 31_000), full.read(29_000, 31_000))  # from the file
+    assert _Window(str(path), len(x), 1000, 100_000, hole=(500, 70_000)).hole is None  # not inside: ignored
