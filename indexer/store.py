@@ -219,8 +219,7 @@ class VectorLookup:
             lists = np.concatenate([np.full(len(p), l) for p, l in parts]) if parts else np.zeros(0, np.int64)
             offsets = np.concatenate([np.arange(len(p)) for p, _ in parts]) if parts else np.zeros(0, np.int64)
             self._list = _dense_inverse(ids, lists, np.uint16 if index.nlist <= 65536 else np.int32, fill=0)
-            self._offset = _dense_inverse(ids, offsets, np.int32, fill=0)
-            self._has = _dense_inverse(ids, np.ones(len(ids), bool), bool, fill=False)
+            self._offset = _dense_inverse(ids, offsets, np.int32)  # -1: no such id
             self._ivf = index
             self._kind = "ivf"
 
@@ -238,9 +237,9 @@ class VectorLookup:
             if found.any():
                 out[found] = self._inner.reconstruct_batch(slot[found])
         elif self._kind == "ivf":
-            inside = (ids >= 0) & (ids < len(self._has))
+            inside = (ids >= 0) & (ids < len(self._offset))
             found = inside.copy()
-            found[inside] = self._has[ids[inside]]
+            found[inside] = self._offset[ids[inside]] >= 0
             for i in np.flatnonzero(found):
                 self._ivf.reconstruct_from_offset(int(self._list[ids[i]]), int(self._offset[ids[i]]),
                                                   faiss.swig_ptr(out[i]))
