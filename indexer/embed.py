@@ -27,9 +27,14 @@ represented blocks look nearer than they are. Every block has unit weighted norm
 (``features.context_block``), so the side cost is ``N_q + a_1 + a_2 - 2 <b_q, b_p>``
 (``N_q`` the query's block energy) and the search ranks by the inner product
 ``<e_q, e_p>`` instead, which drops only the cross term ``<r_q, r_p>`` of the two
-residuals (``retrieval/index_search.side_distances``). On the 10-h benchmark this raised
-the share of the exact top 10 among 16 re-scored candidates from 0.89 to 0.95 with exact
-128-d vectors (docs/PERFORMANCE.md).
+residuals (``retrieval/index_search.side_distances``). This is still a squared L2 distance
+between embeddings: with the corpus vector extended by its dropped energy,
+``e~_p = [e_p, sqrt(a_1 + a_2 - ||e_p||^2)]``, and the query's by 0, ``||e~_q - e~_p||^2 =
+||e_q||^2 + a_1 + a_2 - 2 <e_q, e_p>``, which differs from the estimate only by the query's
+own dropped energy, the same for every candidate (the usual reduction of inner-product
+search to nearest-neighbour search; FAISS searches the inner product directly). On the
+10-h benchmark this raised the share of the exact top 10 among 16 re-scored candidates
+from 0.89 to 0.95 with exact 128-d vectors (docs/PERFORMANCE.md).
 
 The two-step STFT reduction is what keeps the build cheap: projecting 36 x 513 = 18468
 values per position to 64 dimensions directly costs ~150 GFLOP per hour of audio and

@@ -24,6 +24,7 @@ any id, which the search uses to complete candidates that only one side's ANN re
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import faiss
@@ -202,9 +203,21 @@ class VectorLookup:
         self._index = index
         self._kind: str | None = None
         self._built = False
+        self._lock = threading.Lock()  # searches may run in several threads; the table is built once
+
+    @property
+    def available(self) -> bool:
+        """Whether this structure can give vectors back at all."""
+        self._ensure()
+        return self._kind is not None
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if not self._built:
+                self._build()
+                self._built = True
 
     def _build(self) -> None:
-        self._built = True
         index = faiss.downcast_index(self._index)
         if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -225,8 +238,7 @@ class VectorLookup:
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors (n, d) float32, found (n,) bool)``; rows of ids not stored are zeros."""
-        if not self._built:
-            self._build()
+        self._ensure()
         ids = np.asarray(ids, dtype=np.int64)
         out = np.zeros((len(ids), self._index.d), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)

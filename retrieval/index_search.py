@@ -283,8 +283,8 @@ def complete_sides(cands: list[Coarse], tracks: TrackTable, ann: AnnQuery, coars
     for side, offset in (("pre", 0), ("post", ann.span // coarse_hop)):
         attr = "d_pre" if side == "pre" else "d_post"
         todo = [c for c in cands if getattr(c, attr) is None]
-        if not todo or lookups.get(side) is None:
-            continue
+        if not todo or lookups.get(side) is None or not lookups[side].available:
+            continue  # nothing to complete, or a structure that cannot give vectors back: bounds stay
         m = np.array([(c.start12 - ann.lead) // coarse_hop + offset for c in todo], dtype=np.int64)
         t = np.array([c.track for c in todo], dtype=np.int64)
         inside = (m >= 0) & (m < tracks.n_positions[t])

@@ -102,3 +102,23 @@ def test_complete_sides_reads_the_missing_side_from_the_index_and_reranks():
     assert a.bound == pytest.approx(exact("pre", 10) + exact("post", 15), rel=1e-5)
     assert c.d_post is None and c.bound == pytest.approx(exact("pre", 198) - 50.0)  # no vector: bound kept
     assert out == sorted([a, b, c], key=lambda k: k.bound) and out[0] is c
+
+
+def test_a_structure_without_a_lookup_keeps_the_bounds_of_one_sided_candidates():
+    """A pre-transformed IVF (e.g. an OPQ or PCA factory) cannot give vectors back: the
+    candidates keep the merge's bounds instead of all being taken for context-less ones."""
+    index = store.new_index("PCAR16,IVF8,Flat", DIM)
+    store.train_index(index, _vectors(2000))
+    store.add_vectors(index, _vectors(500), np.arange(500, dtype=np.int64))
+    lookup = store.VectorLookup(index)
+    assert not lookup.available and not lookup.get(np.array([3]))[1].any()
+    cfg = SearchConfig()
+    tracks = TrackTable(np.array([1]), np.array([0]), np.array([500]), np.array([22050]), np.array([10**6]),
+                        ["h"], ["/x.flac"])
+    block = ContextBlock(np.full(4, 0.5, np.float32), np.zeros(3, np.float32))
+    whole = type("Ctx", (), {"pre_extent": 10**6, "post_extent": 10**6})()  # whole contexts on both sides
+    ann = AnnQuery(context=whole, lead=0, span=2 * cfg.coarse_hop)
+    c = Coarse(0, 5 * cfg.coarse_hop, 1.5, None, bound=2.5)
+    out = complete_sides([c], tracks, ann, cfg.coarse_hop, {"post": lookup}, {"post": np.zeros(DIM, np.float32)},
+                         {"post": block}, cfg)
+    assert out == [c] and c.bound == 2.5 and c.d_post is None
