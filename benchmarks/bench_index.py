@@ -20,7 +20,7 @@ In one process, and in this order:
    every frame-grid start of the corpus (``grid_costs`` over all files), for several
    ``n_rescore``; then the projection to 1000 hours.
 
-    python benchmarks/bench_index.py [--work /tmp/simdps-bench-index] [--workers 2] [--queries 20]
+    python benchmarks/bench_index.py [--work /tmp/simdps-bench-index] [--workers 2] [--queries 40]
     python benchmarks/bench_index.py --stages 40   # per-file build stages only, one thread
     python benchmarks/bench_index.py --skip-build --ann-scale 10   # + FAISS time at 10x the vectors
 
@@ -235,7 +235,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/simdps-bench-index", help="corpus and index folder")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--skip-build", action="store_true", help="reuse the index already in --work")
     ap.add_argument("--ann-scale", type=int, default=0, metavar="C",
                     help="also time FAISS on C perturbed copies of the vectors (measured growth for the projection)")
