@@ -16,8 +16,8 @@ every FAISS id is the row id of the position in ``positions.parquet``.
 
 On disk each index is FAISS's own serialisation streamed through zstd (``pyarrow``'s codec):
 the 8-byte ids FAISS keeps per vector are increasing within each inverted list and shrink to
-about 2 bytes, the codes stay as they are (10-h benchmark: 24 -> 19.4 bytes a vector with
-the default 16-byte codes, including the coarse quantizer). :class:`VectorLookup` gives back the stored (quantised) vector of
+about 2 bytes, the codes stay as they are (10-h benchmark: 24 -> 17.9 bytes a vector with
+the default 16-byte codes, plus the centroids). :class:`VectorLookup` gives back the stored (quantised) vector of
 any id, which the search uses to complete candidates that only one side's ANN returned.
 """
 
