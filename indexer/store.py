@@ -195,8 +195,8 @@ class VectorLookup:
     (its hash-table form would cost ~40 bytes a vector). Here the id -> (list, offset) map
     is a dense array over the row ids, filled once from the inverted lists' own id arrays
     on first use (6 bytes a row with up to 65 536 lists); for ``IDMap`` wrappers it is the
-    inverse of their id array. Other structures (pre-transforms, HNSW without ``IDMap``)
-    have no lookup: :meth:`get` then reports every id missing.
+    inverse of their id array. Other structures (pre-transforms such as OPQ or PCA factories)
+    have no lookup: :attr:`available` is False and :meth:`get` reports every id missing.
     """
 
     def __init__(self, index: faiss.Index):
@@ -219,7 +219,10 @@ class VectorLookup:
 
     def _build(self) -> None:
         index = faiss.downcast_index(self._index)
-        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        wrapped = isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2))
+        if wrapped and isinstance(faiss.downcast_index(index.index), faiss.IndexPreTransform):
+            return  # vectors live in the transformed space: none to give back
+        if wrapped:
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
             self._inner = index.index
             self._slot = _dense_inverse(ids, np.arange(len(ids), dtype=np.int64), np.int64)

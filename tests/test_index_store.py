@@ -107,11 +107,13 @@ def test_complete_sides_reads_the_missing_side_from_the_index_and_reranks():
 def test_a_structure_without_a_lookup_keeps_the_bounds_of_one_sided_candidates():
     """A pre-transformed IVF (e.g. an OPQ or PCA factory) cannot give vectors back: the
     candidates keep the merge's bounds instead of all being taken for context-less ones."""
-    index = store.new_index("PCAR16,IVF8,Flat", DIM)
-    store.train_index(index, _vectors(2000))
-    store.add_vectors(index, _vectors(500), np.arange(500, dtype=np.int64))
-    lookup = store.VectorLookup(index)
-    assert not lookup.available and not lookup.get(np.array([3]))[1].any()
+    for factory in ("PCAR16,Flat", "PCAR16,IVF8,Flat"):  # one wrapped in IDMap2, one IVF inside the transform
+        index = store.new_index(factory, DIM)
+        store.train_index(index, _vectors(2000))
+        store.add_vectors(index, _vectors(500), np.arange(500, dtype=np.int64))
+        other = store.VectorLookup(index)
+        assert not other.available and not other.get(np.array([3]))[1].any()
+    lookup = other
     cfg = SearchConfig()
     tracks = TrackTable(np.array([1]), np.array([0]), np.array([500]), np.array([22050]), np.array([10**6]),
                         ["h"], ["/x.flac"])
