@@ -279,7 +279,7 @@ def complete_sides(cands: list[Coarse], tracks: TrackTable, ann: AnnQuery, coars
     Returns the candidates best first (ties by track, start).
     """
     whole = side_extent(cfg)
-    extents = {"pre": ann.context.pre_extent, "post": ann.context.post_extent} if ann.context else {}
+    extents = {"pre": ann.context.pre_extent, "post": ann.context.post_extent}
     for side, offset in (("pre", 0), ("post", ann.span // coarse_hop)):
         attr = "d_pre" if side == "pre" else "d_post"
         todo = [c for c in cands if getattr(c, attr) is None]
@@ -295,7 +295,7 @@ def complete_sides(cands: list[Coarse], tracks: TrackTable, ann: AnnQuery, coars
         for c, f, d in zip(todo, found, dist):
             if f:
                 setattr(c, attr, float(d))
-            elif extents.get(side, 0) >= whole:
+            elif extents[side] >= whole:
                 c.bound = math.inf
     for c in cands:  # a side still unknown keeps the floor the merge added for it
         if c.d_pre is not None and c.d_post is not None:
