@@ -6,6 +6,7 @@ Examples::
     simdps-train corpus/ --out runs/small --config run.json
     simdps-train maestro-v3.0.0/ --out runs/ft --years 2017,2018 --init runs/base --model full
     simdps-train maestro-v3.0.0/ --out runs/ft --resume --steps 400000
+    simdps-train corpus/ --out runs/small --resume --time-limit 60    # an hour, then a checkpoint
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def _parse_years(text: str | None) -> tuple[int, ...] | None:
 @click.option("--init", "init_dir", type=click.Path(path_type=Path),
               help="Start from the weights of another checkpoint folder (fine-tuning); fresh optimizer.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Stop after this many minutes with a checkpoint; --resume continues the run. "
+                   "Ctrl-C and SIGTERM stop the same way.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--print-config", is_flag=True, help="Print the (effective) configuration as JSON and exit.")
 def command(data, out_dir, config_file, resume, model_preset, split, years, steps, batch_size, init_dir,
-            device, no_progress, print_config):
+            device, time_limit, no_progress, print_config):
     """Train the diffusion score model on DATA (a folder of audio files or a MAESTRO root)."""
     from simdps.diffusion.data import find_maestro_csv
     from simdps.diffusion.train import TrainConfig, train
@@ -76,7 +80,7 @@ def command(data, out_dir, config_file, resume, model_preset, split, years, step
     if resume:
         if config_file is not None or overrides:
             raise SimDPSError("--resume continues with the run's saved configuration; only --steps, "
-                              "--device and --no-progress may change")
+                              "--device, --time-limit and --no-progress may change")
         config = None
     else:
         config = TrainConfig.load(config_file) if config_file is not None else TrainConfig()
@@ -98,7 +102,8 @@ def command(data, out_dir, config_file, resume, model_preset, split, years, step
                           "this is a plain folder, so drop them")
 
     history = train(data, out_dir, config, resume=resume, steps=steps if resume else None, init=init_dir,
-                    device=device, progress=not no_progress, log=lambda line: click.echo(line, err=True))
+                    device=device, progress=not no_progress, log=lambda line: click.echo(line, err=True),
+                    time_limit_s=None if time_limit is None else 60.0 * time_limit)
     if history:
         tail = history[-min(len(history), 100):]
         click.echo(f"done: step {history[-1].step + 1}, mean loss of the last {len(tail)} steps "

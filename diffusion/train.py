@@ -42,7 +42,11 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -243,6 +247,7 @@ def train(
     device: str | torch.device = "auto",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    time_limit_s: float | None = None,
 ) -> list[LossRecord]:
     """Train (or resume training) a score model and write checkpoints to ``out_dir``.
 
@@ -258,7 +263,14 @@ def train(
         paper's second stage on 2017-2018); the optimizer starts fresh.
     device : ``"auto"``, ``"cpu"``, ``"cuda"``...
     progress : tqdm bar with the loss.
-    log : receives one line describing the run before training starts.
+    log : receives one line describing the run before training starts, and one more
+        when the run stops early.
+    time_limit_s : stop after the step during which this many seconds have passed.
+
+    A run also stops early on SIGINT (Ctrl-C) or SIGTERM (a scheduler's job limit): it
+    finishes the step in progress, writes a checkpoint at that step and returns, so
+    ``resume`` continues it exactly; a second signal interrupts at once. Signals are
+    caught only when ``train`` runs in the main thread.
 
     Returns
     -------
@@ -324,7 +336,10 @@ def train(
 
     bar = tqdm(total=config.steps, initial=start_step, desc="training", unit="step", disable=not progress)
     shown = None
-    with BatchPrefetcher(sampler, config.batch_size, config.seed, workers=config.data_workers) as batches:
+    deadline = None if time_limit_s is None else time.monotonic() + float(time_limit_s)
+    done, stop_reason = start_step, None
+    with BatchPrefetcher(sampler, config.batch_size, config.seed, workers=config.data_workers) as batches, \
+            _stop_requests() as stop_signal:
         for step in range(start_step, config.steps):
             y = torch.from_numpy(batches.get(step)).to(dev)
             gen = _step_generator(config.seed, step)
@@ -349,11 +364,46 @@ def train(
             shown = history[-1].loss if shown is None else 0.98 * shown + 0.02 * history[-1].loss
             bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
             bar.update(1)
-            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                checkpoint(step + 1)
+            done = step + 1
+            if stop_signal:
+                stop_reason = stop_signal[0]
+            elif deadline is not None and time.monotonic() >= deadline:
+                stop_reason = "time limit"
+            if stop_reason is not None and done < config.steps:
+                break
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                checkpoint(done)
     bar.close()
-    checkpoint(max(config.steps, start_step))
+    checkpoint(max(done, start_step))
+    if stop_reason is not None and done < config.steps and log is not None:
+        log(f"stopped at step {done} of {config.steps} ({stop_reason}); checkpoint written, "
+            "continue with --resume")
     return history
+
+
+@contextmanager
+def _stop_requests():
+    """A list that receives the signal's name when SIGINT or SIGTERM asks the run to stop.
+
+    The first signal only asks (the loop stops at the end of its step); a second one
+    raises KeyboardInterrupt as usual. Outside the main thread nothing is caught.
+    """
+    requests: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def handler(signum, frame):
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requests
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _check_level(sampler: CropSampler, config: TrainConfig, n_crops: int = 16) -> None:

@@ -203,6 +203,45 @@ def test_resume_continues_the_loss_curve_exactly(trained, tones_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["step"] == 12
 
 
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes_exactly(trained, tones_dir, tmp_path):
+    _, reference = trained
+    out, lines = tmp_path / "limited", []
+    first = train(tones_dir, out, tiny_config(steps=12), device="cpu", progress=False, log=lines.append,
+                  time_limit_s=1e-9)
+    assert [r.step for r in first] == [0]  # the step in progress finishes, then the run stops
+    assert json.loads((out / "config.json").read_text())["step"] == 1
+    assert "stopped at step 1 of 12 (time limit)" in lines[-1] and "--resume" in lines[-1]
+    resumed = train(tones_dir, out, resume=True, device="cpu", progress=False)
+    assert [(r.loss, r.grad_norm) for r in resumed] == [(r.loss, r.grad_norm) for r in reference[:12]]
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(trained, tones_dir, tmp_path,
+                                                                             monkeypatch):
+    import os
+    import signal
+
+    import simdps.diffusion.train as train_module
+
+    _, reference = trained
+    real_update, calls = train_module._update_ema, []
+
+    def update_then_interrupt(ema, model, decay):  # Ctrl-C arrives during step 3
+        real_update(ema, model, decay)
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "_update_ema", update_then_interrupt)
+    out, lines = tmp_path / "interrupted", []
+    first = train(tones_dir, out, tiny_config(steps=12), device="cpu", progress=False, log=lines.append)
+    assert [r.step for r in first] == [0, 1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["step"] == 4 and "(SIGINT)" in lines[-1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    monkeypatch.setattr(train_module, "_update_ema", real_update)
+    resumed = train(tones_dir, out, resume=True, device="cpu", progress=False)
+    assert [(r.loss, r.grad_norm) for r in resumed] == [(r.loss, r.grad_norm) for r in reference[:12]]
+
+
 def test_a_new_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_config(trained, tones_dir):
     out, _ = trained
     with pytest.raises(SimDPSError, match="--resume"):
@@ -343,6 +382,10 @@ def test_cli_trains_prints_config_and_reports_errors(tones_dir, tmp_path, capsys
     main([str(tones_dir), "--out", str(out), "--config", str(config_file), "--no-progress", "--device", "cpu"])
     assert (out / "ema.safetensors").is_file() and json.loads((out / "config.json").read_text())["step"] == 2
     assert "done: step 2" in capsys.readouterr().err
+    main([str(tones_dir), "--out", str(out), "--resume", "--steps", "5", "--time-limit", "1e-9", "--no-progress",
+          "--device", "cpu"])
+    assert "stopped at step 3 of 5 (time limit)" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["step"] == 3
 
     for argv, message in (
         ([str(tones_dir), "--out", str(out), "--config", str(config_file)], "--resume"),
