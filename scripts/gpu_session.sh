@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device call on a lent GPU machine (see docs/PERFORMANCE.md, section GPU): install the
+# wheels the image lacks, run the CUDA tests, the GPU benchmark, then fine-tune the default
+# model from the shipped weights for whatever time is left.
+#
+#   bash scripts/gpu_session.sh DATA OUT SECONDS
+#
+# DATA: folder of training audio (carried into a git-ignored folder); OUT: where results go
+# ($OUT of the device tool); SECONDS: the whole script's budget. Needs .whl/ holding Python
+# 3.12 manylinux wheels of soundfile, cffi, pycparser and soxr (the image has torch, numpy,
+# scipy, safetensors, tqdm, matplotlib, click, pyyaml and pytest).
+set -uo pipefail
+DATA=$1 OUT=$2 BUDGET=${3:-420}
+T0=$SECONDS
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+# The package layout maps simdps.{indexer,retrieval,diffusion,cli} onto top-level folders.
+mkdir -p /tmp/pkg/simdps && cp -r simdps/. /tmp/pkg/simdps/ || exit 3
+for d in indexer retrieval diffusion cli; do ln -sfn "$PWD/$d" "/tmp/pkg/simdps/$d"; done
+export PYTHONPATH=/tmp/pkg:/tmp/site
+# -P: never import the repository's own simdps/ folder (it lacks the mapped subpackages).
+PY="python3 -P"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
+  $PY -c "import torch, soundfile, soxr, simdps.diffusion.train; print('torch', torch.__version__, torch.cuda.get_device_name())"; } \
+  2>&1 | tee "$OUT/env.txt"
+$PY -c "import simdps.diffusion.train" || exit 4
+
+echo "== CUDA tests"; timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cqt.py -k cuda 2>&1 | tee "$OUT/tests.log"
+echo "== benchmark"; timeout 200 $PY benchmarks/bench_gpu.py --repeats 2 --warmup-steps 10 --train-steps 50 --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
+
+left=$((BUDGET - (SECONDS - T0) - 30))
+echo "== training for ${left} s"
+if [ "$left" -gt 30 ]; then
+  $PY -m simdps.cli.train "$DATA" --out /tmp/gpurun --init simdps/assets/default_model \
+      --config scripts/gpu_default_model.json --device cuda --no-progress \
+      --time-limit "$($PY -c "print($left / 60)")" 2>&1 | tee "$OUT/train.log"
+  tar czf "$OUT/gpurun.tgz" -C /tmp/gpurun config.json ema.safetensors loss.csv loss.png train_state/state.json
+fi
+echo "== total $((SECONDS - T0)) s"
