@@ -8,7 +8,8 @@ On one device, in one process (issue targets: the full-width model's 50-step Sim
    CQT length nearest 6 s) with a 2-s gap, ``simdps-l`` (both eq. 8 terms, 99 network
    evaluations, each a forward and two backward passes), beside the unguided sampler
    (probability-flow slope, forward only, no autograd) on the same window: the baseline.
-   Medians of ``--repeats``, after one warm-up run.
+   Both in float32 and under bf16 autocast (``inpaint(bf16=True)``, ``--precisions``).
+   Medians of ``--repeats``, after a 2-step warm-up run of each.
 2. **training**: ``simdps-train``'s own loop (``diffusion.train.train``) on synthetic
    audio written to a temporary folder: ``--warmup-steps`` steps first (cuDNN autotuning,
    allocator), then ``--train-steps`` more resumed from that checkpoint, timed; prints
@@ -76,7 +77,7 @@ def synthetic_audio(folder: Path, sample_rate: int, files: int = 4, seconds: flo
 
 
 def bench_sampling(model_cfg: UNetConfig, device: torch.device, n: int, gap_s: float, steps: int,
-                   repeats: int) -> dict:
+                   repeats: int, precisions: list[str]) -> dict:
     denoiser = build_model(model_cfg, 0.063).to(device).eval().requires_grad_(False)
     sr = model_cfg.sample_rate
     g = torch.Generator().manual_seed(0)
@@ -87,22 +88,28 @@ def bench_sampling(model_cfg: UNetConfig, device: torch.device, n: int, gap_s: f
     guide = 0.05 * torch.randn(1, n, generator=g)
     y, mask, guide = y.to(device), mask.to(device), guide.to(device)
 
-    def run(preset: str, w_y: float | None = None) -> float:
+    def run(preset: str, w_y: float | None, bf16: bool, n_steps: int) -> float:
         _sync(device)
         t0 = time.perf_counter()
         inpaint(denoiser, y, mask, guide, preset=preset, w_y=w_y, w_guide=0.0 if w_y == 0 else None,
-                steps=steps, seed=0, progress=False)
+                steps=n_steps, seed=0, progress=False, bf16=bf16)
         _sync(device)
         return time.perf_counter() - t0
 
     out = {"params": sum(p.numel() for p in denoiser.parameters()), "samples": n, "seconds_audio": n / sr,
            "gap_s": gap_s, "steps": steps}
-    for name, preset, w_y in (("unguided", "dps", 0.0), ("simdps-l", "simdps-l", None)):
-        run(preset, w_y)  # warm-up: CQT tables, cuDNN autotuning, allocator
-        _reset_peak(device)
-        times = [run(preset, w_y) for _ in range(repeats)]
-        out[name] = {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": _peak_mb(device)}
-    out["guided_over_unguided"] = out["simdps-l"]["median_s"] / out["unguided"]["median_s"]
+    for precision in precisions:
+        bf16 = precision == "bf16"
+        for name, preset, w_y in (("unguided", "dps", 0.0), ("simdps-l", "simdps-l", None)):
+            key = name if precision == "fp32" else f"{name}-{precision}"
+            run(preset, w_y, bf16, min(steps, 2))  # warm-up: CQT tables, cuDNN autotuning, allocator
+            _reset_peak(device)
+            times = [run(preset, w_y, bf16, steps) for _ in range(repeats)]
+            out[key] = {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": _peak_mb(device)}
+    if "unguided" in out and "simdps-l" in out:
+        out["guided_over_unguided"] = out["simdps-l"]["median_s"] / out["unguided"]["median_s"]
+    if "simdps-l" in out and "simdps-l-bf16" in out:
+        out["fp32_over_bf16"] = out["simdps-l"]["median_s"] / out["simdps-l-bf16"]["median_s"]
     return out
 
 
@@ -136,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=8, help="training crops per step")
     ap.add_argument("--warmup-steps", type=int, default=20)
     ap.add_argument("--train-steps", type=int, default=100)
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="network precisions of the sampling runs: fp32 and/or bf16 (autocast)")
+    ap.add_argument("--skip-training", action="store_true", help="time sampling only")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -146,22 +156,32 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__} on {name}; model {'tiny' if args.tiny else 'full'}", flush=True)
 
-    sampling = bench_sampling(model_cfg, device, n, gap_s, args.steps, args.repeats)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        ap.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
+    sampling = bench_sampling(model_cfg, device, n, gap_s, args.steps, args.repeats, precisions)
     print(f"sampling: {sampling['params']:,} parameters, {n} samples ({sampling['seconds_audio']:.2f} s at "
           f"{model_cfg.sample_rate} Hz), {gap_s:g}-s gap, {args.steps} steps, medians of {args.repeats}")
-    for key in ("unguided", "simdps-l"):
-        r = sampling[key]
-        peak = f", peak {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else ""
-        print(f"  {key:>9}: {r['median_s']:.2f} s (min {r['min_s']:.2f}){peak}")
-    print(f"  simdps-l / unguided: {sampling['guided_over_unguided']:.2f}x; target <= 20 s for simdps-l "
-          "on one H100", flush=True)
+    for key, r in sampling.items():
+        if isinstance(r, dict):
+            peak = f", peak {r['peak_mb']:.0f} MB" if r["peak_mb"] is not None else ""
+            print(f"  {key:>14}: {r['median_s']:.2f} s (min {r['min_s']:.2f}){peak}")
+    for key, label in (("guided_over_unguided", "simdps-l / unguided"), ("fp32_over_bf16", "simdps-l fp32 / bf16")):
+        if key in sampling:
+            print(f"  {label}: {sampling[key]:.2f}x")
+    print("  target: <= 20 s for the 50-step simdps-l run on one H100", flush=True)
 
+    report = {"device": name, "torch": torch.__version__, "sampling": sampling}
+    if args.skip_training:
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return report
     training = bench_training(model_cfg, device, args.batch, args.warmup_steps, args.train_steps)
     peak = f", peak {training['peak_mb']:.0f} MB" if training["peak_mb"] is not None else ""
     print(f"training: batch {args.batch} x {training['crop_samples']} samples, {args.train_steps} steps in "
           f"{training['wall_s']:.1f} s = {training['steps_per_s']:.2f} steps/s, "
           f"{training['audio_s_per_s']:.0f} s of audio per second{peak}", flush=True)
-    report = {"device": name, "torch": torch.__version__, "sampling": sampling, "training": training}
+    report["training"] = training
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

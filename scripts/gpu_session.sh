@@ -3,14 +3,16 @@
 # wheels the image lacks, run the CUDA tests, the GPU benchmark, then fine-tune the default
 # model from the shipped weights for whatever time is left.
 #
-#   bash scripts/gpu_session.sh DATA OUT SECONDS
+#   bash scripts/gpu_session.sh DATA OUT SECONDS [INIT]
 #
 # DATA: folder of training audio (carried into a git-ignored folder); OUT: where results go
-# ($OUT of the device tool); SECONDS: the whole script's budget. Needs .whl/ holding Python
+# ($OUT of the device tool); SECONDS: the whole script's budget; INIT: the checkpoint the
+# training starts from (default: the shipped model). BENCH_ARGS adds options to the benchmark, CONFIG replaces the training configuration.
+# Needs .whl/ holding Python
 # 3.12 manylinux wheels of soundfile, cffi, pycparser and soxr (the image has torch, numpy,
 # scipy, safetensors, tqdm, matplotlib, click, pyyaml and pytest).
 set -uo pipefail
-DATA=$1 OUT=$2 BUDGET=${3:-420}
+DATA=$1 OUT=$2 BUDGET=${3:-420} INIT=${4:-simdps/assets/default_model} CONFIG=${CONFIG:-scripts/gpu_default_model.json}
 T0=$SECONDS
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
@@ -25,14 +27,14 @@ PY="python3 -P"
   2>&1 | tee "$OUT/env.txt"
 $PY -c "import simdps.diffusion.train" || exit 4
 
-echo "== CUDA tests"; timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cqt.py -k cuda 2>&1 | tee "$OUT/tests.log"
-echo "== benchmark"; timeout 200 $PY benchmarks/bench_gpu.py --repeats 2 --warmup-steps 10 --train-steps 50 --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
+echo "== CUDA tests"; timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cqt.py -k cuda 2>&1 | tee "$OUT/tests.log"
+echo "== benchmark"; timeout 200 $PY benchmarks/bench_gpu.py ${BENCH_ARGS:-} --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
 
 left=$((BUDGET - (SECONDS - T0) - 30))
 echo "== training for ${left} s"
 if [ "$left" -gt 30 ]; then
-  $PY -m simdps.cli.train "$DATA" --out /tmp/gpurun --init simdps/assets/default_model \
-      --config scripts/gpu_default_model.json --device cuda --no-progress \
+  $PY -m simdps.cli.train "$DATA" --out /tmp/gpurun --init "$INIT" \
+      --config "$CONFIG" --device cuda --no-progress \
       --time-limit "$($PY -c "print($left / 60)")" 2>&1 | tee "$OUT/train.log"
   tar czf "$OUT/gpurun.tgz" -C /tmp/gpurun config.json ema.safetensors loss.csv loss.png train_state/state.json
 fi

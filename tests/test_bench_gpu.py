@@ -22,9 +22,19 @@ def test_gpu_benchmark_smoke_run_on_cpu(bench_gpu, tmp_path):
     out = tmp_path / "gpu.json"
     report = bench_gpu.main(["--device", "cpu", "--tiny", "--steps", "2", "--repeats", "1", "--warmup-steps", "1",
                              "--train-steps", "2", "--batch", "2", "--json", str(out)])
+    assert {"unguided", "simdps-l", "unguided-bf16", "simdps-l-bf16"} <= set(report["sampling"])
     assert out.exists()
     sampling, training = report["sampling"], report["training"]
     assert sampling["unguided"]["median_s"] > 0 and sampling["simdps-l"]["median_s"] > 0
     assert sampling["steps"] == 2 and sampling["samples"] == 2**13
     assert training["timed_steps"] == 2 and training["steps_per_s"] > 0
     assert training["final_loss"] is not None and training["final_loss"] > 0
+
+
+def test_gpu_benchmark_can_skip_training_and_choose_precisions(bench_gpu):
+    report = bench_gpu.main(["--device", "cpu", "--tiny", "--steps", "2", "--repeats", "1", "--precisions", "bf16",
+                             "--skip-training"])
+    assert "training" not in report and set(report["sampling"]) >= {"unguided-bf16", "simdps-l-bf16"}
+    assert "simdps-l" not in report["sampling"]
+    with pytest.raises(SystemExit):
+        bench_gpu.main(["--device", "cpu", "--tiny", "--precisions", "fp16"])

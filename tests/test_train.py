@@ -293,6 +293,19 @@ def test_trained_model_inpaints_any_length_with_guidance(trained):
 
 # ---------------------------------------------------------------- configuration files
 
+def test_bf16_autocast_inpainting_stays_close_to_float32(trained):
+    denoiser, _ = load_model(trained[0], "cpu")
+    y = torch.from_numpy(tone(7))[None, :2000]
+    mask = torch.ones_like(y)
+    mask[:, 800:1200] = 0
+    kw = dict(steps=6, seed=0, progress=False)
+    full = inpaint(denoiser, y, mask, y, **kw)
+    half = inpaint(denoiser, y, mask, y, bf16=True, **kw)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    rel = ((half - full).norm() / full.norm()).item()
+    assert 0 < rel < 0.05
+
+
 def test_config_round_trips_through_json_and_reads_partial_toml(tmp_path):
     cfg = tiny_config(maestro_years=(2017, 2018))
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
