@@ -1,0 +1,86 @@
+"""Where the time of one network evaluation goes: torch.profiler over the score model.
+
+The H100 run of session 4 (docs/PERFORMANCE.md, section GPU) found the full-width model's
+50-step ``simdps-l`` run at 35.5 s, against a 20-s target, and bf16 autocast no faster
+than float32: the convolutions' arithmetic is not what limits it. This script profiles
+one unguided evaluation (forward, no autograd) and one guided evaluation (forward and the
+two eq. 8 gradients), both after warm-up, and prints the operators that take the most
+device time, so the next GPU session can see what to change before it spends its time.
+
+    python benchmarks/profile_gpu.py --out DIR              # on a GPU machine
+    python benchmarks/profile_gpu.py --device cpu --tiny    # the same code, small, anywhere
+
+It writes ``DIR/ops-unguided.txt``, ``DIR/ops-guided.txt`` (the operator tables) and
+``DIR/trace-guided.json`` (a Chrome trace, viewable in chrome://tracing or Perfetto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from simdps.diffusion.checkpoint import build_model, resolve_device
+from simdps.diffusion.guidance import Guidance, ode_slope
+from simdps.diffusion.unet import UNetConfig
+
+
+def tiny_model() -> UNetConfig:
+    return UNetConfig(sample_rate=8000, segment_s=2**13 / 8000, n_octaves=4, bins_per_octave=(4, 4, 4, 4),
+                      base_channels=4, channel_mults=(1, 1, 1, 1), time_patch=4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny model and window (a smoke run of the same code)")
+    ap.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    ap.add_argument("--rows", type=int, default=30, help="operators listed per table")
+    ap.add_argument("--out", type=Path, default=Path("profile-gpu"), help="folder for the tables and trace")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    cfg = tiny_model() if args.tiny else UNetConfig.full()
+    n = 2**13 if args.tiny else 2**18
+    model = build_model(cfg, 0.063).to(device).eval().requires_grad_(False)
+
+    def denoiser(x, sigma):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            return model(x, sigma).float()
+
+    g = torch.Generator().manual_seed(0)
+    x = (0.5 * torch.randn(1, n, generator=g)).to(device)
+    y = (0.05 * torch.randn(1, n, generator=g)).to(device)
+    guide = (0.05 * torch.randn(1, n, generator=g)).to(device)
+    mask = torch.ones(1, n, device=device)
+    mask[:, n // 3: 2 * n // 3] = 0
+    guidance = Guidance(y * mask, mask, guide, w_y=0.3, w_guide=0.15)
+    sigma = torch.full((1,), 0.5, device=device)
+    runs = {"unguided": lambda: ode_slope(denoiser, x, sigma), "guided": lambda: guidance.slope(denoiser, x, sigma)}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        for _ in range(2):  # warm-up: cuDNN autotuning, CQT tables, allocator
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with profile(activities=activities, record_shapes=True) as prof:
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+        table = prof.key_averages(group_by_input_shape=False).table(sort_by=sort_key, row_limit=args.rows)
+        header = f"{name}: one evaluation, {wall * 1e3:.1f} ms wall under the profiler ({device}, bf16={args.bf16})"
+        print(header + "\n" + table, flush=True)
+        (args.out / f"ops-{name}.txt").write_text(header + "\n" + table)
+        if name == "guided":
+            prof.export_chrome_trace(str(args.out / "trace-guided.json"))
+
+
+if __name__ == "__main__":
+    main()
