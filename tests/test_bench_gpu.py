@@ -38,3 +38,13 @@ def test_gpu_benchmark_can_skip_training_and_choose_precisions(bench_gpu):
     assert "simdps-l" not in report["sampling"]
     with pytest.raises(SystemExit):
         bench_gpu.main(["--device", "cpu", "--tiny", "--precisions", "fp16"])
+
+
+def test_gpu_profiler_script_runs_on_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("profile_gpu", ROOT / "benchmarks" / "profile_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--device", "cpu", "--tiny", "--rows", "5", "--out", str(tmp_path / "prof")])
+    for name in ("ops-unguided.txt", "ops-guided.txt", "trace-guided.json"):
+        assert (tmp_path / "prof" / name).stat().st_size > 0
+    assert "conv" in (tmp_path / "prof" / "ops-guided.txt").read_text()
