@@ -98,12 +98,18 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
 @click.option("--no-track", is_flag=True, help="Search the corpus only, not TRACK itself.")
 @click.option("--db", "db_url", help="Catalog URL, if the index was built with --db and a password.")
 @click.option("--n-rescore", type=click.IntRange(min=1), help="Distinct ANN candidates re-scored exactly from audio (default 20).")
+@click.option("--max-rescore", type=click.IntRange(min=1),
+              help="At most this many when the estimates cannot tell more candidates apart (default 64; "
+                   "--max-rescore equal to --n-rescore turns the adaptive extension off).")
+@click.option("--rescore-margin", type=click.FloatRange(min=0),
+              help="Relative estimate margin of the adaptive extension (default 0.03; 0: off).")
 @click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
 @click.option("--n-complete", type=click.IntRange(min=0),
               help="Best merged candidates whose missing side is read from the index (default 256; 0: none).")
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists visited (default: the index's).")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads re-scoring candidates (default: CPU count, at most 4).")
-def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann, n_complete, nprobe, threads):
+def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, max_rescore, rescore_margin, k_ann,
+          n_complete, nprobe, threads):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""
     from simdps.audio import read_audio
     from simdps.retrieval.api import Index
@@ -113,6 +119,8 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, k_ann,
     index = Index.open(index_dir, db_url=db_url)
     defaults = SearchParams()
     params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore,
+                          max_rescore=max_rescore or defaults.max_rescore,
+                          rescore_margin=defaults.rescore_margin if rescore_margin is None else rescore_margin,
                           n_complete=defaults.n_complete if n_complete is None else n_complete, nprobe=nprobe,
                           threads=threads)
     cands = index.search(audio, sr, gap, k=k, include_track=not no_track, path=os.path.abspath(track),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -194,50 +195,102 @@ class Index:
         own: dict[int, bool] = {}
         context = int(round(cfg.context_s * query.sr))
         length = query.gap_end - query.gap_start
-        # the n_rescore best candidates, grouped per source (and side of the query's own gap)
-        chosen: dict[tuple[int, tuple[int, int] | None], list[int]] = {}
-        n_chosen = 0
+        tracks = self.tracks
         reach12 = params.reach_hops * cfg.coarse_hop
         covered = reach12 - cfg.coarse_hop
-        tracks = self.tracks
-        for c in merged:
-            if n_chosen >= params.n_rescore:
-                break
+        span12 = query.context.pre_extent + query.length12 + query.context.post_extent + 2 * reach12
+
+        def admissible(c):
+            """``(track, bounds)`` key of a candidate that may be re-scored, or None."""
             n12 = int(tracks.frames[c.track] * cfg.sample_rate / tracks.sample_rate[c.track])
             if c.start12 < 0 or c.start12 + query.length12 > n12:
-                continue  # the segment itself must lie in the source
+                return None  # the segment itself must lie in the source
             bounds = None
             if c.track not in own:
                 own[c.track] = is_query_track(tracks, c.track, query, query_path, query_hash)
             if own[c.track]:
                 if exclude_query_track:
-                    continue  # the exhaustive in-track search covers this recording
+                    return None  # the exhaustive in-track search covers this recording
                 # in-track rule: the segment stays clear of the gap and its Lc context
                 start = c.start12 * query.sr / cfg.sample_rate
                 if start + length > query.gap_start - context and start < query.gap_end + context:
-                    continue
+                    return None
                 bounds = ((0, query.gap_start - context - length) if start < query.gap_start
                           else (query.gap_end + context, int(tracks.frames[c.track]) - length))
-            near = chosen.setdefault((c.track, bounds), [])
-            inside = any(abs(c.start12 - t) <= covered for t in near)
-            near.append(c.start12)  # its window joins theirs, sharing the decode
-            n_chosen += 0 if inside else 1  # near a better candidate: no slot of its own
-        span12 = query.context.pre_extent + query.length12 + query.context.post_extent + 2 * reach12
-        jobs = [(group, track, bounds) for (track, bounds), starts in chosen.items()
-                for group in group_windows(starts, span12)]
-        with _pool(params, len(jobs)) as pool:
-            found = pool.map(lambda job: rescore(query, job[0], tracks.path[job[1]], int(tracks.sample_rate[job[1]]),
-                                                 int(tracks.frames[job[1]]), cfg, reach12=reach12, bounds=job[2]),
-                             jobs)
-            hits = [h for window_hits in found for h in window_hits]
-            # eq. 11 for the k best distinct matches only, then J at the refined starts ranks them
-            hits.sort(key=lambda h: (h.cost, h.path, h.start12))
+            return (c.track, bounds)
+
+        # Every candidate taken so far, per key: [start12, estimate of its window, round taken].
+        taken: dict[tuple[int, tuple[int, int] | None], list[tuple[int, float, int]]] = {}
+        merged = iter(merged)
+        pending: list = []  # a candidate read from ``merged`` but above the last round's limit
+
+        def take(n_windows: int, round_no: int, max_bound: float = math.inf) -> tuple[dict, int]:
+            """The next candidates, best first, until ``n_windows`` new windows are open or an
+            estimate exceeds ``max_bound``: ``({key: starts}, windows opened)``."""
+            new: dict = {}
+            opened = 0
+            while opened < n_windows:
+                c = pending.pop() if pending else next(merged, None)
+                if c is None:
+                    break
+                if c.bound > max_bound:
+                    pending.append(c)
+                    break
+                key = admissible(c)
+                if key is None:
+                    continue
+                near = taken.setdefault(key, [])
+                slot = next(((e, r) for t, e, r in near if abs(c.start12 - t) <= covered), None)
+                if slot is not None and slot[1] < round_no:
+                    continue  # inside a window re-scored in an earlier round
+                # near a better candidate of this round: its window grows to hold it, no new slot
+                near.append((c.start12, c.bound if slot is None else slot[0], round_no))
+                new.setdefault(key, []).append(c.start12)
+                opened += 0 if slot is not None else 1
+            return new, opened
+
+        def estimate_of(hit, key) -> float:
+            """The ANN estimate of the window that produced ``hit`` (its nearest candidate's)."""
+            return min(taken[key], key=lambda entry: abs(entry[0] - hit.start12))[1]
+
+        def best_distinct(hits):
             best: list = []
-            for h in hits:
+            for h in sorted(hits, key=lambda h: (h.cost, h.path, h.start12)):
                 if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o in best):
                     best.append(h)
                     if len(best) == k:
                         break
+            return best
+
+        hits: list = []
+        key_of: dict[int, tuple] = {}
+        with _pool(params, params.n_rescore) as pool:
+            round_no = 0
+            batch, n_windows = take(params.n_rescore, round_no)
+            while batch:
+                jobs = [(group, key) for key, starts in batch.items() for group in group_windows(starts, span12)]
+                found = pool.map(lambda job: rescore(query, job[0], tracks.path[job[1][0]],
+                                                     int(tracks.sample_rate[job[1][0]]), int(tracks.frames[job[1][0]]),
+                                                     cfg, reach12=reach12, bounds=job[1][1]), jobs)
+                for (_, key), window_hits in zip(jobs, found):
+                    for h in window_hits:
+                        key_of[id(h)] = key
+                        hits.append(h)
+                # Adaptive extension: candidates not yet re-scored whose estimates lie within
+                # ``rescore_margin`` of the worst estimate that produced a current top-k match
+                # could still enter the top k (the estimate errs by that much): re-score them
+                # too, round by round, up to ``max_rescore`` windows in all.
+                best = best_distinct(hits)
+                room = params.max_rescore - n_windows
+                if room <= 0 or not best:
+                    break
+                worst = max(estimate_of(h, key_of[id(h)]) for h in best)
+                if not math.isfinite(worst):
+                    break  # a match came from a window the estimates could not rank
+                round_no += 1
+                batch, opened = take(room, round_no, worst + params.rescore_margin * abs(worst))
+                n_windows += opened
+            best = best_distinct(hits)
             if not refine_offsets:
                 return [_grid_candidate(h, cfg) for h in best]
             out = [c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None]

@@ -22,7 +22,12 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    around the candidates (soundfile seek; only ``Lc + L + Lc`` plus margins are read;
    neighbouring candidates share one window). All re-scored starts then compete together,
    a start within ``Lh`` of a better one in the same file being the same match (the
-   exhaustive search's rule).
+   exhaustive search's rule). **Adaptive extension:** the estimates err, and where the
+   ``k`` best exact matches came from windows whose estimates reach up to ``E``, a
+   candidate not re-scored yet with an estimate up to ``E + rescore_margin |E|`` may still
+   belong in the top ``k``; such candidates are re-scored too, in rounds (each round may
+   raise ``E``), up to ``max_rescore`` windows in all. Queries whose estimates separate
+   the matches clearly stop at ``n_rescore``; ambiguous ones spend more.
 4. **eq. 11.** The ``k`` best (distinct: a start within ``Lh`` of a better one in the same
    file is the same match) are refined to the sample at the source's native rate by
    eq. 11 (``retrieval/refine.py``), and ``J`` is evaluated again at the refined start,
@@ -67,6 +72,8 @@ class SearchParams:
     k_ann: int = 8192  # FAISS neighbours per context side
     n_complete: int = 256  # best merged candidates whose missing side is read from the index
     n_rescore: int = 20  # distinct ANN candidates re-scored exactly from the source audio
+    max_rescore: int = 64  # ... and at most this many when their estimates are that close (adaptive)
+    rescore_margin: float = 0.03  # relative estimate margin of the adaptive extension (0: none)
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
     threads: int | None = None  # threads re-scoring windows (None: the CPU count, at most 4)
@@ -74,6 +81,8 @@ class SearchParams:
     def __post_init__(self):
         if self.k_ann < 1 or self.n_rescore < 1 or self.reach_hops < 1:
             raise SimDPSError("k_ann, n_rescore and reach_hops must be at least 1")
+        if self.rescore_margin < 0 or not math.isfinite(self.rescore_margin):
+            raise SimDPSError("rescore_margin must be a finite number >= 0 (0 turns the extension off)")
         if self.n_complete < 0:
             raise SimDPSError("n_complete must be 0 (no completion) or more")
         if self.threads is not None and self.threads < 1:

@@ -84,6 +84,36 @@ def test_the_result_does_not_depend_on_the_rescore_threads(planted):
         SearchParams(threads=0)
 
 
+def test_the_adaptive_extension_rescores_more_windows_only_while_estimates_are_close(planted, monkeypatch):
+    import simdps.retrieval.api as api
+
+    index, q, _, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.3)
+    calls = []
+    real = api.rescore
+
+    def counting(query, starts12, *args, **kwargs):
+        calls.append(len(starts12))
+        return real(query, starts12, *args, **kwargs)
+
+    monkeypatch.setattr(api, "rescore", counting)
+
+    def run(**kwargs):
+        calls.clear()
+        found = index.search(q, SR, gap, k=5, include_track=False, params=SearchParams(n_rescore=2, **kwargs),
+                             refine_offsets=False)
+        return found, len(calls)
+
+    fixed, n_fixed = run(max_rescore=2)
+    wide, n_wide = run(max_rescore=12, rescore_margin=1e9)  # every estimate is "close": the cap decides
+    assert n_fixed <= 2 < n_wide <= 12
+    assert wide[0].cost <= fixed[0].cost  # the first round is the same: more windows can only find better
+    _, n_none = run(max_rescore=12, rescore_margin=0.0)
+    assert n_none <= n_wide
+    with pytest.raises(SimDPSError, match="rescore_margin"):
+        SearchParams(rescore_margin=-0.1)
+
+
 def _overlaps_gap_context(c, gap):
     lo, hi = gap[0] - CFG.context_s, gap[1] + CFG.context_s
     return c.start_s < hi and c.start_s + (gap[1] - gap[0]) > lo
