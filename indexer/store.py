@@ -195,8 +195,10 @@ class VectorLookup:
     (its hash-table form would cost ~40 bytes a vector). Here the id -> (list, offset) map
     is a dense array over the row ids, filled once from the inverted lists' own id arrays
     on first use (6 bytes a row with up to 65 536 lists); for ``IDMap`` wrappers it is the
-    inverse of their id array. Other structures (pre-transforms such as OPQ or PCA factories)
-    have no lookup: :attr:`available` is False and :meth:`get` reports every id missing.
+    inverse of their id array. Other structures (pre-transforms such as OPQ or PCA factories,
+    and IVF fast-scan indexes, whose ``reconstruct_from_offset`` crashes FAISS 1.15 once
+    the index has been read from a file) have no lookup: :attr:`available` is False and
+    :meth:`get` reports every id missing.
     """
 
     def __init__(self, index: faiss.Index):
@@ -227,6 +229,8 @@ class VectorLookup:
             self._inner = index.index
             self._slot = _dense_inverse(ids, np.arange(len(ids), dtype=np.int64), np.int64)
             self._kind = "idmap"
+        elif isinstance(index, faiss.IndexIVFFastScan):
+            return  # see the class docstring
         elif isinstance(index, faiss.IndexIVF) and index.invlists is not None:
             invlists = index.invlists
             parts = [(faiss.rev_swig_ptr(invlists.get_ids(l), invlists.list_size(l)).copy(), l)

@@ -107,7 +107,7 @@ def test_complete_sides_reads_the_missing_side_from_the_index_and_reranks():
     assert out == sorted([a, b, c], key=lambda k: k.bound) and out[0] is c
 
 
-def test_a_structure_without_a_lookup_keeps_the_bounds_of_one_sided_candidates():
+def test_a_structure_without_a_lookup_keeps_the_bounds_of_one_sided_candidates(tmp_path):
     """A pre-transformed IVF (e.g. an OPQ or PCA factory) cannot give vectors back: the
     candidates keep the merge's bounds instead of all being taken for context-less ones."""
     for factory in ("PCAR16,Flat", "PCAR16,IVF8,Flat"):  # one wrapped in IDMap2, one IVF inside the transform
@@ -116,6 +116,13 @@ def test_a_structure_without_a_lookup_keeps_the_bounds_of_one_sided_candidates()
         store.add_vectors(index, _vectors(500), np.arange(500, dtype=np.int64))
         other = store.VectorLookup(index)
         assert not other.available and not other.get(np.array([3]))[1].any()
+    # IVF fast-scan: FAISS's reconstruct_from_offset segfaults on an index read back from a file
+    index = store.new_index("IVF8,PQ16x4fs", DIM)
+    store.train_index(index, _vectors(2000))
+    store.add_vectors(index, _vectors(500), np.arange(500, dtype=np.int64))
+    store.write_index_atomic(index, tmp_path / "fs.faiss.zst")
+    read_back = store.VectorLookup(store.read_index(tmp_path / "fs.faiss.zst"))
+    assert not read_back.available and not read_back.get(np.array([3, 7]))[1].any()
     lookup = other
     cfg = SearchConfig()
     tracks = TrackTable(np.array([1]), np.array([0]), np.array([500]), np.array([22050]), np.array([10**6]),
