@@ -102,7 +102,7 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
               help="At most this many when the estimates cannot tell more candidates apart (default 64; "
                    "--max-rescore equal to --n-rescore turns the adaptive extension off).")
 @click.option("--rescore-margin", type=click.FloatRange(min=0),
-              help="Relative estimate margin of the adaptive extension (default 0.03; 0: off).")
+              help="Relative estimate margin of the adaptive extension (default 0.05; 0: off).")
 @click.option("--k-ann", type=click.IntRange(min=1), help="FAISS neighbours per context side (default 8192).")
 @click.option("--n-complete", type=click.IntRange(min=0),
               help="Best merged candidates whose missing side is read from the index (default 256; 0: none).")

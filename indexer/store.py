@@ -53,8 +53,8 @@ def configure_threads(n: int | None) -> None:
         faiss.omp_set_num_threads(int(n))
 
 
-def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000, pq_m: int = 16,
-                   pq_nbits: int = 8) -> str:
+def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000, pq_m: int = 32,
+                   pq_nbits: int = 4) -> str:
     """The default structure for ``n_vectors`` of dimension ``dim``.
 
     Flat below ``flat_max_vectors`` (exact; 4 dim + 8 bytes a vector). Above it, IVF-PQ:

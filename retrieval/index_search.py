@@ -73,7 +73,7 @@ class SearchParams:
     n_complete: int = 256  # best merged candidates whose missing side is read from the index
     n_rescore: int = 20  # distinct ANN candidates re-scored exactly from the source audio
     max_rescore: int = 64  # ... and at most this many when their estimates are that close (adaptive)
-    rescore_margin: float = 0.03  # relative estimate margin of the adaptive extension (0: none)
+    rescore_margin: float = 0.05  # relative estimate margin of the adaptive extension (0: none)
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
     threads: int | None = None  # threads re-scoring windows (None: the CPU count, at most 4)
