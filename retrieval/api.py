@@ -253,17 +253,17 @@ class Index:
             """The ANN estimate of the window that produced ``hit`` (its nearest candidate's)."""
             return min(taken[key], key=lambda entry: abs(entry[0] - hit.start12))[1]
 
-        def best_distinct(hits):
+        def best_distinct(hits: list) -> list:
+            """The ``k`` best ``(hit, key)`` pairs, a hit within Lh of a better one in its file being the same match."""
             best: list = []
-            for h in sorted(hits, key=lambda h: (h.cost, h.path, h.start12)):
-                if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o in best):
-                    best.append(h)
+            for h, key in sorted(hits, key=lambda pair: (pair[0].cost, pair[0].path, pair[0].start12)):
+                if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o, _ in best):
+                    best.append((h, key))
                     if len(best) == k:
                         break
             return best
 
-        hits: list = []
-        key_of: dict[int, tuple] = {}
+        hits: list = []  # (FrameHit, key) of every re-scored start
         with _pool(params, params.n_rescore) as pool:
             round_no = 0
             batch, n_windows = take(params.n_rescore, round_no)
@@ -272,10 +272,7 @@ class Index:
                 found = pool.map(lambda job: rescore(query, job[0], tracks.path[job[1][0]],
                                                      int(tracks.sample_rate[job[1][0]]), int(tracks.frames[job[1][0]]),
                                                      cfg, reach12=reach12, bounds=job[1][1]), jobs)
-                for (_, key), window_hits in zip(jobs, found):
-                    for h in window_hits:
-                        key_of[id(h)] = key
-                        hits.append(h)
+                hits += [(h, key) for (_, key), window_hits in zip(jobs, found) for h in window_hits]
                 # Adaptive extension: candidates not yet re-scored whose estimates lie within
                 # ``rescore_margin`` of the worst estimate that produced a current top-k match
                 # could still enter the top k (the estimate errs by that much): re-score them
@@ -284,13 +281,13 @@ class Index:
                 room = params.max_rescore - n_windows
                 if room <= 0 or not best:
                     break
-                worst = max(estimate_of(h, key_of[id(h)]) for h in best)
+                worst = max(estimate_of(h, key) for h, key in best)
                 if not math.isfinite(worst):
                     break  # a match came from a window the estimates could not rank
                 round_no += 1
                 batch, opened = take(room, round_no, worst + params.rescore_margin * abs(worst))
                 n_windows += opened
-            best = best_distinct(hits)
+            best = [h for h, _ in best_distinct(hits)]
             if not refine_offsets:
                 return [_grid_candidate(h, cfg) for h in best]
             out = [c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None]
