@@ -212,6 +212,13 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
           "--n-complete", "0", "--k-ann", "64", "--n-rescore", "4"])
     fewer = json.loads(capsys.readouterr().out)["candidates"]
     assert fewer and [c["cost"] for c in fewer] == sorted(c["cost"] for c in fewer)
+    main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json",
+          "--n-rescore", "2", "--max-rescore", "6", "--rescore-margin", "0.5"])
+    extended = json.loads(capsys.readouterr().out)["candidates"]
+    assert extended and [c["cost"] for c in extended] == sorted(c["cost"] for c in extended)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--rescore-margin", "-1"])
+    assert exit_info.value.code == 2
 
     with pytest.raises(SystemExit) as exit_info:
         main(["query", str(query), "--gap", "11.5:13", "--index", str(index_dir)])
