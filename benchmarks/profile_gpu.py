@@ -12,6 +12,12 @@ device time, so the next GPU session can see what to change before it spends its
 
 It writes ``DIR/ops-unguided.txt``, ``DIR/ops-guided.txt`` (the operator tables) and
 ``DIR/trace-guided.json`` (a Chrome trace, viewable in chrome://tracing or Perfetto).
+
+``--variants fp32,bf16,channels_last,compile`` first times one unguided and one guided
+evaluation (medians of ``--repeats``) for each way of running the same weights, so one
+device call can also say which change is worth making: ``channels_last`` stores the
+feature maps channel-last (cuDNN's tensor-core kernels prefer it for few channels),
+``compile`` is ``torch.compile`` of the network (fuses the GroupNorm/FiLM/SiLU passes).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
     ap.add_argument("--rows", type=int, default=30, help="operators listed per table")
     ap.add_argument("--out", type=Path, default=Path("profile-gpu"), help="folder for the tables and trace")
+    ap.add_argument("--variants", default="", help="comma-separated: fp32, bf16, channels_last, compile")
+    ap.add_argument("--repeats", type=int, default=5, help="timed evaluations per variant")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -60,6 +68,44 @@ def main(argv: list[str] | None = None) -> None:
     guidance = Guidance(y * mask, mask, guide, w_y=0.3, w_guide=0.15)
     sigma = torch.full((1,), 0.5, device=device)
     runs = {"unguided": lambda: ode_slope(denoiser, x, sigma), "guided": lambda: guidance.slope(denoiser, x, sigma)}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - {"fp32", "bf16", "channels_last", "compile"}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from fp32, bf16, channels_last, compile")
+    if variants:
+        lines = [f"one evaluation, median of {args.repeats} after warm-up ({device}, {n} samples)"]
+        for variant in variants:
+            net = build_model(cfg, 0.063).to(device).eval().requires_grad_(False)
+            net.load_state_dict(model.state_dict())
+            if variant == "channels_last":
+                net = net.to(memory_format=torch.channels_last)
+            if variant == "compile":
+                net = torch.compile(net)
+            cast = variant == "bf16"
+
+            def run_net(x_, s_, net=net, cast=cast):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cast):
+                    return net(x_, s_).float()
+
+            g_v = Guidance(y * mask, mask, guide, w_y=0.3, w_guide=0.15)
+            for name, fn in (("unguided", lambda: ode_slope(run_net, x, sigma)),
+                             ("guided", lambda: g_v.slope(run_net, x, sigma))):
+                for _ in range(2):
+                    fn()
+                times = []
+                for _ in range(args.repeats):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times.append(time.perf_counter() - t0)
+                lines.append(f"  {variant:>13} {name:>8}: {1e3 * sorted(times)[len(times) // 2]:.1f} ms")
+                print(lines[-1], flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "variants.txt").write_text("\n".join(lines) + "\n")
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     args.out.mkdir(parents=True, exist_ok=True)

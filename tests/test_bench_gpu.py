@@ -44,7 +44,10 @@ def test_gpu_profiler_script_runs_on_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location("profile_gpu", ROOT / "benchmarks" / "profile_gpu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--device", "cpu", "--tiny", "--rows", "5", "--out", str(tmp_path / "prof")])
+    module.main(["--device", "cpu", "--tiny", "--rows", "5", "--out", str(tmp_path / "prof"),
+                 "--variants", "fp32,channels_last", "--repeats", "1"])
+    variants = (tmp_path / "prof" / "variants.txt").read_text()
+    assert "channels_last unguided" in variants and "fp32   guided" in variants
     for name in ("ops-unguided.txt", "ops-guided.txt", "trace-guided.json"):
         assert (tmp_path / "prof" / name).stat().st_size > 0
     assert "conv" in (tmp_path / "prof" / "ops-guided.txt").read_text()
