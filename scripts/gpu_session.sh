@@ -7,10 +7,12 @@
 #
 # DATA: folder of training audio (carried into a git-ignored folder); OUT: where results go
 # ($OUT of the device tool); SECONDS: the whole script's budget; INIT: the checkpoint the
-# training starts from (default: the shipped model). BENCH_ARGS adds options to the benchmark, CONFIG replaces the training configuration.
-# Needs .whl/ holding Python
-# 3.12 manylinux wheels of soundfile, cffi, pycparser and soxr (the image has torch, numpy,
-# scipy, safetensors, tqdm, matplotlib, click, pyyaml and pytest).
+# training starts from (default: the shipped model). Environment: BENCH_ARGS adds options
+# to the benchmark, CONFIG replaces the training configuration, PROFILE=1 runs
+# benchmarks/profile_gpu.py first. Needs .whl/ holding Python 3.12 manylinux wheels of
+# soundfile, cffi, pycparser and soxr (the image has torch, numpy, scipy, safetensors, tqdm,
+# matplotlib, click, pyyaml and pytest). Session 4 ran it twice on an H100 (docs/PERFORMANCE.md):
+# the full model's benchmark takes ~4 min, so give SECONDS >= 420 to leave time for training.
 set -uo pipefail
 DATA=$1 OUT=$2 BUDGET=${3:-420} INIT=${4:-simdps/assets/default_model} CONFIG=${CONFIG:-scripts/gpu_default_model.json}
 T0=$SECONDS
@@ -28,6 +30,11 @@ PY="python3 -P"
 $PY -c "import simdps.diffusion.train" || exit 4
 
 echo "== CUDA tests"; timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cqt.py -k cuda 2>&1 | tee "$OUT/tests.log"
+if [ -n "${PROFILE:-}" ]; then  # PROFILE=1: where the full model's evaluation time goes, first
+  echo "== profile"; timeout 300 $PY benchmarks/profile_gpu.py --out "$OUT/profile" --repeats 3 \
+      --variants fp32,bf16,channels_last,compile 2>&1 | tee "$OUT/profile.log"
+  gzip -f "$OUT/profile/trace-guided.json" 2>/dev/null
+fi
 echo "== benchmark"; timeout 200 $PY benchmarks/bench_gpu.py ${BENCH_ARGS:-} --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log"
 
 left=$((BUDGET - (SECONDS - T0) - 30))
