@@ -79,8 +79,8 @@ class SearchParams:
     threads: int | None = None  # threads re-scoring windows (None: the CPU count, at most 4)
 
     def __post_init__(self):
-        if self.k_ann < 1 or self.n_rescore < 1 or self.reach_hops < 1:
-            raise SimDPSError("k_ann, n_rescore and reach_hops must be at least 1")
+        if self.k_ann < 1 or self.n_rescore < 1 or self.max_rescore < 1 or self.reach_hops < 1:
+            raise SimDPSError("k_ann, n_rescore, max_rescore and reach_hops must be at least 1")
         if self.rescore_margin < 0 or not math.isfinite(self.rescore_margin):
             raise SimDPSError("rescore_margin must be a finite number >= 0 (0 turns the extension off)")
         if self.n_complete < 0:

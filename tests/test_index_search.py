@@ -112,6 +112,8 @@ def test_the_adaptive_extension_rescores_more_windows_only_while_estimates_are_c
     assert n_none <= n_wide
     with pytest.raises(SimDPSError, match="rescore_margin"):
         SearchParams(rescore_margin=-0.1)
+    with pytest.raises(SimDPSError, match="max_rescore"):
+        SearchParams(max_rescore=0)
 
 
 def _overlaps_gap_context(c, gap):
