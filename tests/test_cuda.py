@@ -21,12 +21,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SR = 8000
 CROP = 1024
 
+
 def small_model() -> UNetConfig:
     return UNetConfig(sample_rate=SR, segment_s=CROP / SR, n_octaves=4, bins_per_octave=(4, 4, 8, 8),
                       base_channels=8, channel_mults=(1, 1, 2, 2), dilations=(1, 2), emb_dim=32, n_fourier=16)
 
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
+
 
 def _perturbed_model() -> torch.nn.Module:
     """Weights moved off their initialisation, so every layer's output matters."""
@@ -37,8 +40,10 @@ def _perturbed_model() -> torch.nn.Module:
             p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     return model.eval().requires_grad_(False)
 
+
 def test_auto_resolves_to_cuda():
     assert resolve_device("auto").type == "cuda"
+
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 def test_cqt_round_trip_and_gradient_on_cuda(dtype, tol):
@@ -49,6 +54,7 @@ def test_cqt_round_trip_and_gradient_on_cuda(dtype, tol):
     (y * y).sum().backward()
     torch.testing.assert_close(x.grad, 2 * x.detach(), rtol=0, atol=50 * tol)
 
+
 def test_cqt_coefficients_match_the_cpu():
     x = torch.randn(1, 20_000, generator=torch.Generator().manual_seed(0))
     on_cpu = get_cqt(20_000, 22_050, device="cpu")(x)
@@ -56,6 +62,7 @@ def test_cqt_coefficients_match_the_cpu():
     assert [c.shape for c in on_cpu] == [c.shape for c in on_gpu]
     for a, b in zip(on_gpu, on_cpu):
         assert _rel(torch.view_as_real(a), torch.view_as_real(b)) <= 1e-5
+
 
 def test_denoiser_matches_the_cpu():
     model = _perturbed_model()
@@ -65,6 +72,7 @@ def test_denoiser_matches_the_cpu():
         reference = model(x, sigma)
         on_gpu = model.cuda()(x.cuda(), sigma.cuda())
     assert _rel(on_gpu, reference) <= 1e-3  # cuDNN convolutions run in TF32 (measured 1.3e-4)
+
 
 @pytest.mark.parametrize("preset", ["dps", "simdps-l"])
 def test_guided_inpainting_on_cuda_matches_the_cpu_and_keeps_the_observation(preset):
@@ -88,6 +96,7 @@ def test_guided_inpainting_on_cuda_matches_the_cpu_and_keeps_the_observation(pre
     assert _rel(mixed, on_gpu) <= 1e-2
     half = inpaint(model, y.cuda(), mask.cuda(), guide.cuda(), bf16=True, **kw)
     assert torch.isfinite(half).all() and _rel(half, on_gpu) <= 5e-2
+
 
 def test_bf16_training_on_cuda_lowers_the_loss_and_loads_on_the_cpu(tmp_path):
     rng = np.random.default_rng(0)
@@ -119,6 +128,7 @@ def test_bf16_training_on_cuda_lowers_the_loss_and_loads_on_the_cpu(tmp_path):
         loss_cpu = edm_loss(on_cpu, y, sigma, noise).item()
         loss_gpu = edm_loss(on_gpu, y.cuda(), sigma.cuda(), noise.cuda()).item()
     assert loss_gpu == pytest.approx(loss_cpu, rel=1e-3)
+
 
 def test_full_width_model_fits_a_6_s_guided_step_on_one_gpu():
     """One guided network evaluation of the 43 M model on 2^18 samples (5.9 s at 44.1 kHz)."""
