@@ -23,6 +23,7 @@ feature maps channel-last (cuDNN's tensor-core kernels prefer it for few channel
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from simdps.diffusion.checkpoint import build_model, resolve_device
 from simdps.diffusion.guidance import Guidance, ode_slope
+from simdps.diffusion.sampler import bf16_autocast
 from simdps.diffusion.unet import UNetConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_s  # noqa: E402  benchmarks/_timing.py
 
 
 def tiny_model() -> UNetConfig:
@@ -55,10 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     n = 2**13 if args.tiny else 2**18
     model = build_model(cfg, 0.063).to(device).eval().requires_grad_(False)
 
-    def denoiser(x, sigma):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            return model(x, sigma).float()
-
     g = torch.Generator().manual_seed(0)
     x = (0.5 * torch.randn(1, n, generator=g)).to(device)
     y = (0.05 * torch.randn(1, n, generator=g)).to(device)
@@ -67,7 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     mask[:, n // 3: 2 * n // 3] = 0
     guidance = Guidance(y * mask, mask, guide, w_y=0.3, w_guide=0.15)
     sigma = torch.full((1,), 0.5, device=device)
-    runs = {"unguided": lambda: ode_slope(denoiser, x, sigma), "guided": lambda: guidance.slope(denoiser, x, sigma)}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def evaluations(net, bf16: bool) -> dict:
+        """One unguided and one guided evaluation of ``net`` (each ends synchronised)."""
+        denoiser = bf16_autocast(net, device) if bf16 else net
+        return {"unguided": lambda: (ode_slope(denoiser, x, sigma), sync()),
+                "guided": lambda: (guidance.slope(denoiser, x, sigma), sync())}
+
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - {"fp32", "bf16", "channels_last", "compile"}
     if unknown:
@@ -81,27 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                 net = net.to(memory_format=torch.channels_last)
             if variant == "compile":
                 net = torch.compile(net)
-            cast = variant == "bf16"
-
-            def run_net(x_, s_, net=net, cast=cast):
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cast):
-                    return net(x_, s_).float()
-
-            g_v = Guidance(y * mask, mask, guide, w_y=0.3, w_guide=0.15)
-            for name, fn in (("unguided", lambda: ode_slope(run_net, x, sigma)),
-                             ("guided", lambda: g_v.slope(run_net, x, sigma))):
-                for _ in range(2):
-                    fn()
-                times = []
-                for _ in range(args.repeats):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    fn()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    times.append(time.perf_counter() - t0)
-                lines.append(f"  {variant:>13} {name:>8}: {1e3 * sorted(times)[len(times) // 2]:.1f} ms")
+            for name, fn in evaluations(net, variant == "bf16").items():
+                fn()  # a first warm-up (compilation, cuDNN autotuning); median_s makes a second
+                lines.append(f"  {variant:>13} {name:>8}: {1e3 * median_s(fn, args.repeats):.1f} ms")
                 print(lines[-1], flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "variants.txt").write_text("\n".join(lines) + "\n")
@@ -109,16 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, run in runs.items():
-        for _ in range(2):  # warm-up: cuDNN autotuning, CQT tables, allocator
+    for name, run in evaluations(model, args.bf16).items():
+        for _ in range(2):  # warm-up: cuDNN autotuning, CQT tables, allocator (each run ends synchronised)
             run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with profile(activities=activities, record_shapes=True) as prof:
             run()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
         table = prof.key_averages(group_by_input_shape=False).table(sort_by=sort_key, row_limit=args.rows)
         header = f"{name}: one evaluation, {wall * 1e3:.1f} ms wall under the profiler ({device}, bf16={args.bf16})"

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from simdps.diffusion.guidance import Guidance, guidance_config, ode_slope
 from simdps.errors import SimDPSError
 
-__all__ = ["SamplerConfig", "geometric_sigmas", "churn_gamma", "edm_sampler", "inpaint"]
+__all__ = ["SamplerConfig", "geometric_sigmas", "churn_gamma", "edm_sampler", "inpaint", "bf16_autocast"]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -204,14 +204,14 @@ def inpaint(
     inside = prepare(torch.ones_like(mask))  # 0 on the padding
     guidance = Guidance(y_p * mask_p, mask_p, guide_p, w_y=weights.w_y, w_guide=weights.w_guide,
                         guide_mask=(1 - mask_p) * inside)
-    network = _bf16_autocast(denoiser, device) if bf16 else denoiser
+    network = bf16_autocast(denoiser, device) if bf16 else denoiser
     x = edm_sampler(network, tuple(y_p.shape), guidance=guidance, config=config, seed=seed,
                     device=device, progress=progress)
     x = x[..., :n].to(y.device)
     return x[0] if squeeze else x
 
 
-def _bf16_autocast(denoiser: Denoiser, device: torch.device) -> Denoiser:
+def bf16_autocast(denoiser: Denoiser, device: torch.device) -> Denoiser:
     """``denoiser`` run under bf16 autocast on ``device``, its output back in float32."""
 
     def run(x: Tensor, sigma: Tensor) -> Tensor:
