@@ -264,6 +264,7 @@ class Index:
             return best
 
         hits: list = []  # (FrameHit, key) of every re-scored start
+        best: list = []  # best_distinct(hits), kept up to date after each round
         with _pool(params, params.n_rescore) as pool:
             round_no = 0
             batch, n_windows = take(params.n_rescore, round_no)
@@ -287,7 +288,7 @@ class Index:
                 round_no += 1
                 batch, opened = take(room, round_no, worst + params.rescore_margin * abs(worst))
                 n_windows += opened
-            best = [h for h, _ in best_distinct(hits)]
+            best = [h for h, _ in best]
             if not refine_offsets:
                 return [_grid_candidate(h, cfg) for h in best]
             out = [c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None]
