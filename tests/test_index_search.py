@@ -206,7 +206,7 @@ def _exhaustive_top(query, signals, k, radius):
 
 def test_ann_plus_rescore_reaches_recall_at_10_of_the_exhaustive_exact_search(phrase_corpus):
     index, signals, queries, sr = phrase_corpus
-    assert index.factory == "IVF16,PQ16"  # approximate: 4 of 16 lists visited, the default's 16-byte PQ codes
+    assert index.factory == "IVF16,PQ16"  # approximate: 4 of 16 lists visited, 16-byte PQ codes as the default's
     recalls = []
     for i, y in enumerate(queries):
         gap = (5.3, 5.3 + (0.5, 1.0, 2.0, 1.5)[i % 4])
