@@ -97,6 +97,36 @@ class QueryContext:
     pre_extent: int
     post_extent: int
 
+    def side_terms(self, side: str, feature: str, bins: int) -> "_SideTerms":
+        """Query-side constants of :func:`_sliding_side` for one side and feature, computed once
+        per query (a corpus re-score evaluates dozens of windows against the same query)."""
+        cache = self.__dict__.setdefault("_terms", {})  # not a field: frozen, but free to memoise
+        key = (side, feature, bins)
+        if key not in cache:
+            weights = self.weights_pre if side == "pre" else self.weights_post
+            block = getattr(self.pre if side == "pre" else self.post, feature)
+            cache[key] = _SideTerms.of(weights[0 if feature == "stft" else 1], block, bins)
+        return cache[key]
+
+
+@dataclass(frozen=True)
+class _SideTerms:
+    """One side and feature of the query, as :func:`_sliding_side` uses it."""
+
+    used: int  # frames with non-zero weight
+    q_t: np.ndarray  # (bins, used) float32: the query's rows sqrt(w_j) q_j, transposed for one product
+    q_sq: float  # ||q_block||^2
+    sqrt_w: np.ndarray  # (used,) float64
+    w: np.ndarray  # (used,) float64
+
+    @classmethod
+    def of(cls, w: np.ndarray, q_block: np.ndarray, bins: int) -> "_SideTerms":
+        w = np.asarray(w, dtype=np.float64)
+        used = _used(w)
+        q = np.asarray(q_block, dtype=np.float64).reshape(-1, bins)[:used]
+        return cls(used, np.ascontiguousarray(q.T, dtype=np.float32), float(np.sum(np.square(q_block, dtype=np.float64))),
+                   np.sqrt(w[:used]), w[:used].copy())
+
 
 def _used(w: np.ndarray) -> int:
     nz = np.flatnonzero(np.asarray(w) > 0)
@@ -176,48 +206,52 @@ def costs_at(query: QueryContext, s12k: np.ndarray, starts, cfg: SearchConfig = 
     return CandidateCosts(starts, total, stft, chroma)
 
 
-_GATHER_MAX = 1 << 18  # (frames x candidates) gathered at once by _sliding_side (2 MB of float64)
+_STRIDED_MAX = 1 << 18  # (candidates x frames) summed through strided views (an index re-score window)
 
 
-def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int,
-                  w: np.ndarray, q_block: np.ndarray) -> np.ndarray:
+def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int, terms: _SideTerms) -> np.ndarray:
     """``||q - block(m)||^2`` for the ``count`` candidates whose edge frame is ``first_edge + m``.
 
     ``table`` rows are frame features; frame ``j`` of candidate ``m`` is row
-    ``first_edge + m + step*j``. ``q_block`` is the query's weighted block (rows ``sqrt(w_j) q_j``).
+    ``first_edge + m + step*j``. ``terms`` holds the query's weighted block (rows ``sqrt(w_j) q_j``).
     """
-    used = _used(w)
-    q = q_block.reshape(-1, table.shape[1])[:used].astype(np.float64)
-    q_sq = float(np.sum(q_block.astype(np.float64) ** 2))
+    used = terms.used
     if used == 0:
-        return np.full(count, q_sq)
-    sqrt_w = np.sqrt(w[:used])
+        return np.full(count, terms.q_sq)
     # Only the rows any candidate reads. The per-row products run in float32 (the features'
     # precision); the sums over frames and the expansion run in float64.
     lo = first_edge + min(0, step * (used - 1))
     hi = first_edge + count - 1 + max(0, step * (used - 1)) + 1
     rows = table[lo:hi]
-    cross = (rows @ q.T.astype(np.float32)).astype(np.float64)  # cross[r, j] = <S_r, sqrt(w_j) q_j>
+    cross = (rows @ terms.q_t).astype(np.float64)  # cross[r, j] = <S_r, sqrt(w_j) q_j>
     energy = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    offsets = first_edge + step * np.arange(used) - lo  # row of frame j for candidate 0
-    if used * count <= _GATHER_MAX:
-        # Few candidates (an index re-score window): one gather of the (frame, candidate) grid
-        # instead of a Python loop over frames, which held the GIL for most of a re-score.
-        idx = offsets[:, None] + np.arange(count)[None, :]
-        dot = sqrt_w @ cross[idx, np.arange(used)[:, None]]
-        cand_sq = w[:used] @ energy[idx]
+    if used * count <= _STRIDED_MAX:
+        # Few candidates (an index re-score window): each sum over frames is read through a
+        # strided view, no Python loop and no gathered copy. With rows counted from the first
+        # one read, candidate m reads rows m + j (step +1) or m + used-1-j (step -1) for frame j.
+        cross *= terms.sqrt_w
+        flat = cross.reshape(-1)
+        if step > 0:
+            diagonal = np.lib.stride_tricks.as_strided(flat, (count, used), (used * 8, (used + 1) * 8))
+            windows = np.lib.stride_tricks.sliding_window_view(energy, used)[:count]
+            dot, cand_sq = diagonal.sum(axis=1), windows @ terms.w
+        else:  # frame j of candidate m is row m + used-1-j: anti-diagonals, frames in reverse
+            diagonal = np.lib.stride_tricks.as_strided(flat[used - 1:], (count, used), (used * 8, (used - 1) * 8))
+            windows = np.lib.stride_tricks.sliding_window_view(energy, used)[:count]
+            dot, cand_sq = diagonal.sum(axis=1), windows @ terms.w[::-1]
     else:  # a whole track: per-frame slices keep the memory at O(count)
+        offsets = first_edge + step * np.arange(used) - lo  # row of frame j for candidate 0
         dot = np.zeros(count)
         cand_sq = np.zeros(count)
         for j, a in enumerate(offsets):
-            dot += sqrt_w[j] * cross[a:a + count, j]
-            cand_sq += w[j] * energy[a:a + count]
+            dot += terms.sqrt_w[j] * cross[a:a + count, j]
+            cand_sq += terms.w[j] * energy[a:a + count]
     # The candidate side scaled to unit weighted norm (silent sides left as they are).
     norm = np.sqrt(cand_sq)
     scale = np.where(norm > NORM_FLOOR, 1.0 / np.maximum(norm, NORM_FLOOR), 1.0)
     dot *= scale
     cand_sq *= scale**2
-    return np.maximum(q_sq + cand_sq - 2.0 * dot, 0.0)
+    return np.maximum(terms.q_sq + cand_sq - 2.0 * dot, 0.0)
 
 
 def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = SearchConfig(), *,
@@ -268,13 +302,11 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
 
     sq_stft = np.zeros(count)
     sq_chroma = np.zeros(count)
-    for feats, edge, step, weights, block in (
-        (features_pre, pre_edge, -1, query.weights_pre, query.pre),
-        (features_post, post_edge, 1, query.weights_post, query.post),
-    ):
+    for feats, edge, step, side in ((features_pre, pre_edge, -1, "pre"), (features_post, post_edge, 1, "post")):
         edge -= getattr(feats, "first_row", 0)
-        sq_stft += _sliding_side(feats.stft, edge, count, step, weights[0], block.stft)
-        sq_chroma += _sliding_side(feats.chroma, edge, count, step, weights[1], block.chroma)
+        sq_stft += _sliding_side(feats.stft, edge, count, step, query.side_terms(side, "stft", feats.stft.shape[1]))
+        sq_chroma += _sliding_side(feats.chroma, edge, count, step,
+                                   query.side_terms(side, "chroma", feats.chroma.shape[1]))
     total, stft, chroma = combine_parts(sq_stft, sq_chroma, cfg)
     return CandidateCosts(starts, total, stft, chroma)
 

@@ -100,6 +100,23 @@ def test_fast_exhaustive_cost_equals_literal_reference(signals, gap):
         assert costs_at(query, s, [t_hat], CFG).parts(0).total == pytest.approx(ref.total, rel=1e-5)
 
 
+def test_strided_and_per_frame_sums_agree(signals, monkeypatch):
+    """grid_costs sums over frames through strided views for few starts (an index re-score
+    window) and frame by frame for a whole track; both give the same costs on both sides."""
+    import simdps.retrieval.cost as cost
+
+    y, s = signals
+    for gs, ge in ((150_000, 150_000 + 15_999), (140_003, 140_003 + 6_001), (6_000, 18_000)):
+        query = query_context(y, gs, ge, CFG)
+        monkeypatch.setattr(cost, "_STRIDED_MAX", 1 << 40)
+        strided = grid_costs(query, s, CFG)
+        monkeypatch.setattr(cost, "_STRIDED_MAX", 0)
+        looped = grid_costs(query, s, CFG)
+        assert len(strided) > 100
+        np.testing.assert_allclose(strided.stft, looped.stft, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(strided.chroma, looped.chroma, rtol=1e-12, atol=1e-12)
+
+
 def test_edge_gap_uses_only_the_context_that_exists(signals):
     y, _ = signals
     query = query_context(y, 6_000, 18_000, CFG)  # 0.5 s of audio before the gap
