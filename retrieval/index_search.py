@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import check_finite, content_hash, read_audio, to_mono
+from simdps.audio import check_finite, content_hash, read_audio, read_audio_ranges, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, validate_gaps
@@ -345,8 +345,7 @@ class _Window:
             data, self.sr = read_audio(path, start=self.lo, stop=self.hi, dtype="float32")
             self.data = np.ascontiguousarray(to_mono(data), dtype=np.float32)
         else:
-            head, self.sr = read_audio(path, start=self.lo, stop=hole[0], dtype="float32")
-            tail, _ = read_audio(path, start=hole[1], stop=self.hi, dtype="float32")
+            (head, tail), self.sr = read_audio_ranges(path, [(self.lo, hole[0]), (hole[1], self.hi)], dtype="float32")
             self.data = np.zeros(self.hi - self.lo, dtype=np.float32)
             self.data[:len(head)] = to_mono(head)
             self.data[hole[1] - self.lo:hole[1] - self.lo + len(tail)] = to_mono(tail)

@@ -24,6 +24,7 @@ __all__ = [
     "audio_info",
     "read_audio",
     "read_audio_mono",
+    "read_audio_ranges",
     "to_mono",
     "resample",
     "write_audio_atomic",
@@ -92,27 +93,42 @@ def read_audio(
     -------
     data, sample_rate
     """
+    parts, sr = read_audio_ranges(path, [(start, stop)], dtype=dtype)
+    return parts[0], sr
+
+
+def read_audio_ranges(
+    path: str | os.PathLike,
+    ranges: list[tuple[int, int | None]],
+    *,
+    dtype: str = "float64",
+) -> tuple[list[np.ndarray], int]:
+    """Decode several frame ranges ``[start, stop)`` of one file (``stop=None``: to the end),
+    opening it once; returns one ``(frames, channels)`` array per range and the sample rate."""
     path = Path(path)
     _check_path(path)
     try:
         handle = sf.SoundFile(str(path))  # opened once: header and samples (index re-scores read many windows)
     except Exception as exc:
         raise _unreadable(path, exc) from None
+    parts = []
     with handle:
         frames = int(handle.frames)
         if frames <= 0:
             raise AudioError(f"{path}: the file holds no audio samples")
-        start = min(max(0, int(start)), frames)
-        stop = frames if stop is None else min(max(start, int(stop)), frames)
-        try:
-            handle.seek(start)
-            data = handle.read(stop - start, dtype=dtype, always_2d=True)
-        except Exception as exc:
-            raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
         sr = int(handle.samplerate)
-    if data.shape[0] == 0 and stop > start:
-        raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
-    return data, sr
+        for start, stop in ranges:
+            start = min(max(0, int(start)), frames)
+            stop = frames if stop is None else min(max(start, int(stop)), frames)
+            try:
+                handle.seek(start)
+                data = handle.read(stop - start, dtype=dtype, always_2d=True)
+            except Exception as exc:
+                raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
+            if data.shape[0] == 0 and stop > start:
+                raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
+            parts.append(data)
+    return parts, sr
 
 
 def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,

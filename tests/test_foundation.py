@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from simdps import Gap, GapError, SimDPSError, parse_gap
-from simdps.audio import audio_info, read_audio, resample, write_audio_atomic
+from simdps.audio import audio_info, read_audio, read_audio_ranges, resample, write_audio_atomic
 from simdps.gaps import gap_mask, parse_time, validate_gaps
 
 
@@ -64,6 +64,19 @@ def test_unreadable_and_empty_files_raise_audio_errors(tmp_path):
         read_audio(bad)
     with pytest.raises(SimDPSError, match="no such file"):
         audio_info(tmp_path / "missing.wav")
+
+
+def test_several_ranges_of_one_file_read_as_separate_reads_would(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (50_000, 2))
+    path = tmp_path / "a.flac"
+    write_audio_atomic(path, x, 22_050, subtype="PCM_16")
+    ranges = [(100, 9_000), (30_000, 41_000), (49_990, None), (60_000, 70_000)]
+    parts, sr = read_audio_ranges(path, ranges, dtype="float32")
+    assert sr == 22_050 and [len(p) for p in parts] == [8_900, 11_000, 10, 0]
+    for (lo, hi), part in zip(ranges, parts):
+        alone, _ = read_audio(path, start=lo, stop=hi, dtype="float32")
+        np.testing.assert_array_equal(part, alone)
+    assert np.max(np.abs(parts[1] - x[30_000:41_000])) < 1e-4  # 16-bit quantisation only
 
 
 def test_resample_preserves_a_tone():
