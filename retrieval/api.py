@@ -175,21 +175,17 @@ class Index:
                 store.set_search_params(idx, nprobe=params.nprobe)
         ann = ann_query(query, cfg)
         ctx = ann.context
-        vectors, blocks = {}, {}
+        ann_hits, vectors, blocks = {}, {}, {}
         for side, block, extent in (("pre", ctx.pre, ctx.pre_extent), ("post", ctx.post, ctx.post_extent)):
-            if extent > 0 and self._faiss[side].ntotal > 0:
-                vectors[side], blocks[side] = self.pca.embed_block(block, side), block
-
-        def ann_side(side: str):
             idx = self._faiss[side]
+            if extent == 0 or idx.ntotal == 0:
+                ann_hits[side] = None
+                continue
+            vectors[side], blocks[side] = self.pca.embed_block(block, side), block
             nlist, nprobe = store.ivf_lists(idx)
             sims, ids = idx.search(vectors[side][None, :], ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
-            return side_distances(sims[0], blocks[side], cfg), ids[0]
-
-        # Both sides' FAISS searches at once: a single query runs on one thread inside FAISS.
-        with _pool(params, len(vectors)) as pool:
-            ann_hits = dict(zip(vectors, pool.map(ann_side, vectors)))
-        merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits.get("pre"), ann_hits.get("post"))
+            ann_hits[side] = (side_distances(sims[0], block, cfg), ids[0])
+        merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits["pre"], ann_hits["post"])
         if params.n_complete:
             head = complete_sides(list(itertools.islice(merged, params.n_complete)), self.tracks, ann,
                                   cfg.coarse_hop, {s: self._lookups[s] for s in vectors}, vectors, blocks, cfg)
