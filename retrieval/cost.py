@@ -223,6 +223,8 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int, ter
     lo = first_edge + min(0, step * (used - 1))
     hi = first_edge + count - 1 + max(0, step * (used - 1)) + 1
     rows = table[lo:hi]
+    if lo < 0 or rows.shape[0] != hi - lo:  # the strided views below must not leave the rows
+        raise ValueError(f"frames {lo}..{hi - 1} are needed but the table holds {len(table)}")
     cross = (rows @ terms.q_t).astype(np.float64)  # cross[r, j] = <S_r, sqrt(w_j) q_j>
     energy = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
     if used * count <= _STRIDED_MAX:
@@ -230,13 +232,14 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int, ter
         # strided view, no Python loop and no gathered copy. With rows counted from the first
         # one read, candidate m reads rows m + j (step +1) or m + used-1-j (step -1) for frame j.
         cross *= terms.sqrt_w
-        flat = cross.reshape(-1)
+        flat, item = cross.reshape(-1), cross.itemsize
         if step > 0:
-            diagonal = np.lib.stride_tricks.as_strided(flat, (count, used), (used * 8, (used + 1) * 8))
+            diagonal = np.lib.stride_tricks.as_strided(flat, (count, used), (used * item, (used + 1) * item))
             windows = np.lib.stride_tricks.sliding_window_view(energy, used)[:count]
             dot, cand_sq = diagonal.sum(axis=1), windows @ terms.w
         else:  # frame j of candidate m is row m + used-1-j: anti-diagonals, frames in reverse
-            diagonal = np.lib.stride_tricks.as_strided(flat[used - 1:], (count, used), (used * 8, (used - 1) * 8))
+            diagonal = np.lib.stride_tricks.as_strided(flat[used - 1:], (count, used),
+                                                       (used * item, (used - 1) * item))
             windows = np.lib.stride_tricks.sliding_window_view(energy, used)[:count]
             dot, cand_sq = diagonal.sum(axis=1), windows @ terms.w[::-1]
     else:  # a whole track: per-frame slices keep the memory at O(count)
