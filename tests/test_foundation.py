@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from simdps import Gap, GapError, SimDPSError, parse_gap
-from simdps.audio import audio_info, read_audio, read_audio_ranges, resample, write_audio_atomic
+from simdps.audio import audio_info, read_audio, read_audio_ranges, resample, to_mono, write_audio_atomic
 from simdps.gaps import gap_mask, parse_time, validate_gaps
 
 
@@ -77,6 +77,16 @@ def test_several_ranges_of_one_file_read_as_separate_reads_would(tmp_path):
         alone, _ = read_audio(path, start=lo, stop=hi, dtype="float32")
         np.testing.assert_array_equal(part, alone)
     assert np.max(np.abs(parts[1] - x[30_000:41_000])) < 1e-4  # 16-bit quantisation only
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [2, 3, 6])
+def test_to_mono_is_the_mean_over_channels_to_the_bit(dtype, channels):
+    x = np.random.default_rng(channels).standard_normal((10_001, channels)).astype(dtype)
+    mono = to_mono(x)
+    assert mono.dtype == dtype and mono.shape == (10_001,)
+    np.testing.assert_array_equal(mono, x.mean(axis=1))
+    assert to_mono(x[:, :1]).base is not None  # one channel: a view, no copy
 
 
 def test_resample_preserves_a_tone():
