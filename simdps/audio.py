@@ -183,6 +183,9 @@ def check_finite(data: np.ndarray, what: str) -> None:
         )
 
 
+_WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_audio_atomic)
+
+
 def write_audio_atomic(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -205,9 +208,15 @@ def write_audio_atomic(
     if format is None:
         ext = path.suffix.lstrip(".").upper()
         format = {"AIF": "AIFF", "OGA": "OGG"}.get(ext, ext)
+    data = np.asarray(data)
+    channels = 1 if data.ndim == 1 else int(data.shape[1])
     try:
         with atomic_path(path) as tmp:
-            sf.write(tmp, data, int(sample_rate), format=format, subtype=subtype)
+            with sf.SoundFile(tmp, "w", int(sample_rate), channels, subtype=subtype, format=format) as out:
+                # In blocks: libsndfile 1.2's Ogg Vorbis encoder crashes the process (SIGSEGV) when
+                # handed some two million frames or more in one call (a 5-minute 8-kHz file).
+                for start in range(0, len(data), _WRITE_BLOCK):
+                    out.write(data[start:start + _WRITE_BLOCK])
     except Exception as exc:
         raise AudioError(f"{path}: writing failed ({_short(exc)})") from None
     return path

@@ -57,6 +57,22 @@ def test_atomic_write_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
     assert sf.info(out).subtype == "PCM_24"
 
 
+def test_a_long_ogg_vorbis_file_is_written_in_one_piece(tmp_path):
+    """libsndfile's Vorbis encoder kills the process when handed ~2 M frames in one call; the
+    atomic writer hands them over in blocks. Run apart so a crash fails this test, not the run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "long.ogg"
+    code = ("import sys, numpy as np; from simdps.audio import write_audio_atomic; "
+            "x = 0.1 * np.random.default_rng(0).standard_normal(8000 * 300).astype('float32'); "
+            "write_audio_atomic(sys.argv[1], x, 8000)")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sf.info(out).frames == 8000 * 300
+    assert sorted(os.listdir(tmp_path)) == ["long.ogg"]
+
+
 def test_unreadable_and_empty_files_raise_audio_errors(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF nonsense")
