@@ -56,6 +56,7 @@ from simdps.retrieval.features import (
     NORM_FLOOR,
     ContextBlock,
     Features,
+    chroma_basis,
     context_weights,
 )
 
@@ -127,6 +128,9 @@ class ContextPCA:
     alpha_stft: float
     alpha_chroma: float
     explained: dict[str, float]  # variance fraction kept, per basis (reported by `info`)
+    # The chroma filterbank the features were computed with (features.chroma_basis); None in
+    # indexes built before it was stored.
+    chroma_filterbank: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -189,6 +193,8 @@ class ContextPCA:
         arrays["alphas"] = np.array([self.alpha_stft, self.alpha_chroma])
         arrays["explained_keys"] = np.array(sorted(self.explained))
         arrays["explained_values"] = np.array([self.explained[k] for k in sorted(self.explained)])
+        if self.chroma_filterbank is not None:
+            arrays["chroma_filterbank"] = np.asarray(self.chroma_filterbank, dtype=np.float32)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
@@ -205,6 +211,7 @@ class ContextPCA:
                 chroma_basis={s: z[f"{s}_chroma_basis"] for s in SIDES},
                 alpha_stft=float(alphas[0]), alpha_chroma=float(alphas[1]),
                 explained=dict(zip(z["explained_keys"].tolist(), z["explained_values"].tolist())),
+                chroma_filterbank=z["chroma_filterbank"] if "chroma_filterbank" in z.files else None,
             )
 
 
@@ -225,7 +232,8 @@ def fit_pca(samples: list[Features], config: IndexConfig) -> ContextPCA:
     norms = np.linalg.norm(frames, axis=1, keepdims=True)
     frame_u, kept_u = _pca_rows(frames / np.maximum(norms, NORM_FLOOR), config.stft_frame_dims, seed=config.seed)
     del frames
-    pca = ContextPCA({}, {}, {}, cfg.alpha_stft, cfg.alpha_chroma, {"frame": kept_u})
+    pca = ContextPCA({}, {}, {}, cfg.alpha_stft, cfg.alpha_chroma, {"frame": kept_u},
+                     chroma_filterbank=chroma_basis(cfg.sample_rate, cfg.n_fft))
     for side in SIDES:
         stft, chroma = [], []
         for feats in samples:

@@ -53,7 +53,6 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 
 from simdps.audio import resample, to_mono
 from simdps.config import SearchConfig
@@ -64,6 +63,8 @@ __all__ = [
     "ContextBlock",
     "search_signal",
     "frame_features",
+    "chroma_basis",
+    "use_chroma_basis",
     "n_frames",
     "context_frames",
     "context_weights",
@@ -116,22 +117,46 @@ def n_frames(n_samples: int, cfg: SearchConfig = SearchConfig(), *, phase: int =
 
 @lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
-    # Periodic Hann, as librosa and torch.stft use it.
-    return scipy.signal.get_window("hann", n_fft).astype(np.float32)
+    # Periodic Hann, as librosa and torch.stft use it: the values of scipy.signal.get_window("hann",
+    # n_fft), written out because importing scipy.signal costs ~0.7 s (a test checks them equal).
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
-@lru_cache(maxsize=8)
-def _chroma_basis(sr: int, n_fft: int) -> np.ndarray:
-    import librosa.filters  # imported here: scipy.signal/librosa cost ~1 s to import
+_CHROMA_BASES: dict[tuple[int, int], np.ndarray] = {}
 
-    # (n_fft//2+1, 12) so that chroma = power @ basis; tuning fixed (see module docstring).
-    basis = librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=12)
-    return np.ascontiguousarray(basis.T, dtype=np.float32)
+
+def chroma_basis(sr: int, n_fft: int) -> np.ndarray:
+    """The chroma filterbank ``B`` as ``(n_fft//2 + 1, 12)`` float32, so that ``chroma = power @ B``.
+
+    librosa's (tuning fixed, see the module docstring), or the one an index was built with
+    once :func:`use_chroma_basis` has installed it.
+    """
+    basis = _CHROMA_BASES.get((sr, n_fft))
+    if basis is None:
+        import librosa.filters  # imported here: librosa (with scipy.signal) costs ~1 s to import
+
+        basis = np.ascontiguousarray(librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=12).T,
+                                     dtype=np.float32)
+        _CHROMA_BASES[(sr, n_fft)] = basis
+    return basis
+
+
+def use_chroma_basis(sr: int, n_fft: int, basis: np.ndarray) -> None:
+    """Make ``basis`` this process's chroma filterbank for ``(sr, n_fft)``.
+
+    An index stores the filterbank its features were computed with; installing it when the
+    index is opened keeps its queries on the same features even under another librosa
+    version, and spares them librosa's import.
+    """
+    basis = np.ascontiguousarray(basis, dtype=np.float32)
+    if basis.shape != (n_fft // 2 + 1, 12):
+        raise ValueError(f"a chroma filterbank for n_fft={n_fft} has shape {(n_fft // 2 + 1, 12)}, got {basis.shape}")
+    _CHROMA_BASES[(sr, n_fft)] = basis
 
 
 def _chroma_from_power(power: np.ndarray, cfg: SearchConfig) -> np.ndarray:
     """Per-frame max-normalised chroma of ``power`` ``(T, bins)``, as librosa's ``chroma_stft``."""
-    raw = power @ _chroma_basis(cfg.sample_rate, cfg.n_fft)
+    raw = power @ chroma_basis(cfg.sample_rate, cfg.n_fft)
     peak = raw.max(axis=1, keepdims=True)
     peak[peak < np.finfo(np.float32).tiny] = 1.0
     return raw / peak

@@ -74,6 +74,42 @@ def test_planted_repetition_is_found_at_its_exact_sample_for_any_gap_length(plan
     np.testing.assert_allclose(best.extract(n), GAIN * q[gs:gs + n], atol=2e-4)
 
 
+def test_an_index_keeps_its_chroma_filterbank_and_queries_need_no_librosa(planted):
+    """The index stores the chroma filterbank its features were computed with; a process that
+    opens it searches (corpus and in-track) on that filterbank without importing librosa."""
+    import json
+    import subprocess
+    import sys
+
+    import librosa.filters
+
+    from simdps.indexer.embed import ContextPCA
+
+    index, _, root, _ = planted
+    q, sr = sf.read(root / "query.wav")  # as the other process reads it
+    assert sr == SR
+    stored = ContextPCA.load(next(Path(index.index_dir).glob("gen-*/pca.npz"))).chroma_filterbank
+    np.testing.assert_array_equal(stored, librosa.filters.chroma(sr=CFG.sample_rate, n_fft=CFG.n_fft,
+                                                                 tuning=0.0, n_chroma=12).T.astype(np.float32))
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    here = [(Path(c.path).name, c.start_sample, round(c.cost, 9))
+            for c in index.search(q, SR, gap, k=3, path=str(root / "query.wav"))]
+    code = f"""
+import json, sys
+sys.modules["librosa"] = None  # any import of librosa now fails
+import soundfile as sf
+from pathlib import Path
+from simdps import Index
+q, sr = sf.read({str(root / "query.wav")!r})
+found = Index.open({str(index.index_dir)!r}).search(q, sr, {gap!r}, k=3, path={str(root / "query.wav")!r})
+print(json.dumps([(Path(c.path).name, c.start_sample, round(c.cost, 9)) for c in found]))
+assert "librosa" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [tuple(c) for c in json.loads(done.stdout.strip().splitlines()[-1])] == here
+
+
 def test_the_result_does_not_depend_on_the_rescore_threads(planted):
     index, q, _, _ = planted
     gap = (GAP_START_S, GAP_START_S + 1.3)

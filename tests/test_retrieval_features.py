@@ -29,6 +29,15 @@ def signals():
     return y, s
 
 
+def test_the_window_is_scipys_periodic_hann():
+    import scipy.signal
+
+    from simdps.retrieval.features import _hann
+
+    for n in (256, 1024, 2048):
+        np.testing.assert_array_equal(_hann(n), scipy.signal.get_window("hann", n).astype(np.float32))
+
+
 def test_weights_ramp_as_the_paper_says():
     w1, w2 = context_weights(CFG)
     nc = context_frames(CFG)
