@@ -112,6 +112,7 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, max_re
           n_complete, nprobe, threads):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""
     from simdps.audio import read_audio
+    from simdps.errors import collect_notes
     from simdps.retrieval.api import Index
     from simdps.retrieval.index_search import SearchParams
 
@@ -123,8 +124,11 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, max_re
                           rescore_margin=defaults.rescore_margin if rescore_margin is None else rescore_margin,
                           n_complete=defaults.n_complete if n_complete is None else n_complete, nprobe=nprobe,
                           threads=threads)
-    cands = index.search(audio, sr, gap, k=k, include_track=not no_track, path=os.path.abspath(track),
-                         params=params)
+    with collect_notes() as notes:
+        cands = index.search(audio, sr, gap, k=k, include_track=not no_track, path=os.path.abspath(track),
+                             params=params)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json.dumps({"candidates": [c.to_json() for c in cands]}, indent=2))
         return

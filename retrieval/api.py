@@ -11,13 +11,14 @@ import itertools
 import json
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from simdps.config import SearchConfig
-from simdps.errors import GapError, SimDPSError
+from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap
 from simdps.indexer import store
 from simdps.indexer.build import build_index
@@ -267,6 +268,18 @@ class Index:
                         break
             return best
 
+        skipped: dict[str, str] = {}  # indexed file -> why it could not be read
+
+        def rescore_job(job) -> list:
+            group, (track, bounds) = job
+            path = tracks.path[track]
+            try:
+                return rescore(query, group, path, int(tracks.sample_rate[track]), int(tracks.frames[track]), cfg,
+                               reach12=reach12, bounds=bounds)
+            except AudioError as exc:  # deleted, damaged or changed since indexing: left out, reported once
+                skipped.setdefault(path, str(exc))
+                return []
+
         hits: list = []  # (FrameHit, key) of every re-scored start
         best: list = []  # best_distinct(hits), kept up to date after each round
         with _pool(params, params.n_rescore) as pool:
@@ -274,9 +287,7 @@ class Index:
             batch, n_windows = take(params.n_rescore, round_no)
             while batch:
                 jobs = [(group, key) for key, starts in batch.items() for group in group_windows(starts, span12)]
-                found = pool.map(lambda job: rescore(query, job[0], tracks.path[job[1][0]],
-                                                     int(tracks.sample_rate[job[1][0]]), int(tracks.frames[job[1][0]]),
-                                                     cfg, reach12=reach12, bounds=job[1][1]), jobs)
+                found = pool.map(rescore_job, jobs)
                 hits += [(h, key) for (_, key), window_hits in zip(jobs, found) for h in window_hits]
                 # Adaptive extension: candidates not yet re-scored whose estimates lie within
                 # ``rescore_margin`` of the worst estimate that produced a current top-k match
@@ -293,10 +304,18 @@ class Index:
                 batch, opened = take(room, round_no, worst + params.rescore_margin * abs(worst))
                 n_windows += opened
             best = [h for h, _ in best]
-            if not refine_offsets:
-                return [_grid_candidate(h, cfg) for h in best]
-            out = [c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None]
-        return _distinct(out, cfg.coarse_hop / cfg.sample_rate)
+            if refine_offsets:
+                out = _distinct([c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None],
+                                cfg.coarse_hop / cfg.sample_rate)
+            else:
+                out = [_grid_candidate(h, cfg) for h in best]
+        if skipped:
+            why = next(iter(skipped.values()))
+            more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+            warnings.warn(f"{len(skipped)} indexed file(s) could not be read and were left out of this search "
+                          f"({why}{more}); run `simdps-index build` on the corpus to bring the index up to date",
+                          SimDPSWarning, stacklevel=3)
+        return out
 
     # ---- description ----------------------------------------------------------------
     def info(self) -> dict:

@@ -331,21 +331,26 @@ class _Window:
 
     ``hole`` (native samples) is a stretch inside that nothing will read (the middle of a long
     gap's segment): it is left at zero instead of decoded, and a read that touches it
-    decodes from the file after all.
+    decodes from the file after all. A file whose rate or length is no longer what the index
+    recorded raises :class:`AudioError` (the search leaves it out).
     """
 
-    def __init__(self, path: str, frames: int, lo: int, hi: int, hole: tuple[int, int] | None = None):
-        self.path, self.frames = path, frames
+    def __init__(self, path: str, frames: int, sr: int, lo: int, hi: int, hole: tuple[int, int] | None = None):
+        self.path, self.frames, self.sr = path, frames, sr
         self.lo, self.hi = max(0, lo), min(frames, hi)
         if hole is not None and not self.lo < hole[0] < hole[1] < self.hi:
             hole = None
         self.hole = hole
+        ranges = [(self.lo, self.hi)] if hole is None else [(self.lo, hole[0]), (hole[1], self.hi)]
         # float32 as decoded (and as the index build resamples): soxr runs ~2x faster than in float64
+        parts, sr_now, frames_now = read_audio_ranges(path, ranges, dtype="float32")
+        if (sr_now, frames_now) != (sr, frames):
+            raise AudioError(f"{path}: now holds {frames_now} frames at {sr_now} Hz, not {frames} at {sr} Hz as "
+                             "indexed; the file changed since indexing: run `simdps-index build` again")
         if hole is None:
-            data, self.sr = read_audio(path, start=self.lo, stop=self.hi, dtype="float32")
-            self.data = np.ascontiguousarray(to_mono(data), dtype=np.float32)
+            self.data = np.ascontiguousarray(to_mono(parts[0]), dtype=np.float32)
         else:
-            (head, tail), self.sr = read_audio_ranges(path, [(self.lo, hole[0]), (hole[1], self.hi)], dtype="float32")
+            head, tail = parts
             self.data = np.zeros(self.hi - self.lo, dtype=np.float32)
             self.data[:len(head)] = to_mono(head)
             self.data[hole[1] - self.lo:hole[1] - self.lo + len(tail)] = to_mono(tail)
@@ -407,10 +412,8 @@ def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int
     b = int(centres[0]) - reach + query.length12 - hop
     long_gap = b - a > cfg.sample_rate // 4
     hole = (int(math.ceil(a * ratio)) + margin, int(math.floor(b * ratio)) - margin) if long_gap else None
-    window = _Window(path, frames, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin, hole)
-    if window.sr != sr_s:
-        raise AudioError(f"{path}: now has sample rate {window.sr} Hz, not {sr_s} Hz as indexed; "
-                         "the file changed since indexing: run `simdps-index build` again")
+    window = _Window(path, frames, sr_s, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin,
+                     hole)
     # 12 kHz window on the track's global 12 kHz grid: output k is at time (w0 + k) / 12000.
     if long_gap:
         s12 = np.zeros(w1 - w0, dtype=np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from simdps.errors import AudioError, GapError, SimDPSError
+from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap, parse_gap
 
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ _LAZY = {
     "SearchConfig": "simdps.config",
 }
 
-__all__ = ["AudioError", "Gap", "GapError", "SimDPSError", "parse_gap", "__version__", *_LAZY]
+__all__ = ["AudioError", "Gap", "GapError", "SimDPSError", "SimDPSWarning", "parse_gap", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

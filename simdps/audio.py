@@ -93,7 +93,7 @@ def read_audio(
     -------
     data, sample_rate
     """
-    parts, sr = read_audio_ranges(path, [(start, stop)], dtype=dtype)
+    parts, sr, _ = read_audio_ranges(path, [(start, stop)], dtype=dtype)
     return parts[0], sr
 
 
@@ -102,9 +102,10 @@ def read_audio_ranges(
     ranges: list[tuple[int, int | None]],
     *,
     dtype: str = "float64",
-) -> tuple[list[np.ndarray], int]:
+) -> tuple[list[np.ndarray], int, int]:
     """Decode several frame ranges ``[start, stop)`` of one file (``stop=None``: to the end),
-    opening it once; returns one ``(frames, channels)`` array per range and the sample rate."""
+    opening it once; returns one ``(frames, channels)`` array per range, the sample rate and
+    the file's length in frames."""
     path = Path(path)
     _check_path(path)
     try:
@@ -128,7 +129,7 @@ def read_audio_ranges(
             if data.shape[0] == 0 and stop > start:
                 raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
             parts.append(data)
-    return parts, sr
+    return parts, sr, frames
 
 
 def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,

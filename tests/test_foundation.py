@@ -87,8 +87,8 @@ def test_several_ranges_of_one_file_read_as_separate_reads_would(tmp_path):
     path = tmp_path / "a.flac"
     write_audio_atomic(path, x, 22_050, subtype="PCM_16")
     ranges = [(100, 9_000), (30_000, 41_000), (49_990, None), (60_000, 70_000)]
-    parts, sr = read_audio_ranges(path, ranges, dtype="float32")
-    assert sr == 22_050 and [len(p) for p in parts] == [8_900, 11_000, 10, 0]
+    parts, sr, frames = read_audio_ranges(path, ranges, dtype="float32")
+    assert sr == 22_050 and frames == 50_000 and [len(p) for p in parts] == [8_900, 11_000, 10, 0]
     for (lo, hi), part in zip(ranges, parts):
         alone, _ = read_audio(path, start=lo, stop=hi, dtype="float32")
         np.testing.assert_array_equal(part, alone)

@@ -3,6 +3,7 @@ rule for a query that is itself in the corpus, and recall against the exhaustive
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,50 @@ assert "librosa" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [tuple(c) for c in json.loads(done.stdout.strip().splitlines()[-1])] == here
+
+
+def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_note(tmp_path, capsys):
+    """A query whose candidates touch a corpus file that is gone, or now has another rate, still
+    answers from the rest of the corpus and says which file to re-index; it does not fail."""
+    import warnings
+
+    from simdps.cli.index import main
+    from simdps.errors import SimDPSWarning, collect_notes
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = _query_track()
+    host = piano_like(30.0, SR, seed=50)
+    host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
+    sf.write(root / "host.flac", host, SR)
+    sf.write(root / "echo.flac", host, SR)  # a second copy: the passage stays findable
+    for i in range(2):
+        sf.write(root / f"o{i}.flac", piano_like(25.0, SR, seed=60 + i), SR)
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    assert {Path(c.path).name for c in index.search(q, SR, gap, k=2, include_track=False)} == {"host.flac",
+                                                                                               "echo.flac"}
+    (root / "host.flac").unlink()
+    sf.write(root / "o0.flac", piano_like(25.0, 16_000, seed=60), 16_000)  # another rate than indexed
+    with pytest.warns(SimDPSWarning, match="host.flac|o0.flac") as caught:
+        found = index.search(q, SR, gap, k=5, include_track=False)
+    assert "simdps-index build" in str(caught[0].message)
+    assert found[0].cost < 0.05 and Path(found[0].path).name == "echo.flac"
+    assert all(Path(c.path).name not in ("host.flac", "o0.flac") for c in found)
+    with warnings.catch_warnings(record=True) as others:
+        warnings.simplefilter("always")
+        with collect_notes() as notes:
+            index.search(q, SR, gap, k=5, include_track=False)
+            warnings.warn("unrelated", DeprecationWarning)
+    assert len(notes) == 1 and "could not be read" in notes[0]
+    assert [str(w.message) for w in others] == ["unrelated"]  # other warnings pass through
+
+    query = tmp_path / "query.wav"
+    sf.write(query, q, SR)
+    main(["query", str(query), "--gap", "9:10", "--index", str(tmp_path / "idx"), "--no-track", "--json"])
+    out = capsys.readouterr()
+    assert Path(json.loads(out.out)["candidates"][0]["path"]).name == "echo.flac"
+    assert "note: " in out.err and "could not be read" in out.err and "simdps-index build" in out.err
 
 
 def test_the_result_does_not_depend_on_the_rescore_threads(planted):
@@ -263,11 +308,11 @@ def test_a_rescore_window_skips_a_long_gaps_middle_but_reads_it_on_demand(tmp_pa
     x = piano_like(6.0, SR, seed=3)
     path = tmp_path / "w.flac"
     sf.write(path, x, SR, subtype="PCM_24")
-    full = _Window(str(path), len(x), 1000, 100_000)
-    holed = _Window(str(path), len(x), 1000, 100_000, hole=(30_000, 70_000))
+    full = _Window(str(path), len(x), SR, 1000, 100_000)
+    holed = _Window(str(path), len(x), SR, 1000, 100_000, hole=(30_000, 70_000))
     assert not holed.data[30_000 - 1000:70_000 - 1000].any()  # not decoded
     np.testing.assert_array_equal(holed.data[:29_000], full.data[:29_000])
     np.testing.assert_array_equal(holed.data[69_000:], full.data[69_000:])
     np.testing.assert_array_equal(holed.read(2000, 29_000), full.read(2000, 29_000))
     np.testing.assert_array_equal(holed.read(29_000, 31_000), full.read(29_000, 31_000))  # from the file
-    assert _Window(str(path), len(x), 1000, 100_000, hole=(500, 70_000)).hole is None  # not inside: ignored
+    assert _Window(str(path), len(x), SR, 1000, 100_000, hole=(500, 70_000)).hole is None  # not inside: ignored

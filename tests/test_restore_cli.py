@@ -286,6 +286,29 @@ def test_a_guide_source_the_method_does_not_use_is_noted(tmp_path, track_file, c
     assert json.loads((tmp_path / "r.json").read_text())["notes"] == ["--guide-audio not used: method lpc takes no guide"]
 
 
+def test_an_indexed_file_gone_since_indexing_is_a_note_not_a_failure(tmp_path, capsys):
+    from simdps import Index
+
+    sr = 8000
+    x = 0.8 * piano_like(12.0, sr, seed=21)[:, None]
+    gap = (5.0, 6.0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    take = np.concatenate([piano_like(4.0, sr, seed=22), x[2 * sr:9 * sr, 0], piano_like(3.0, sr, seed=23)])
+    sf.write(corpus / "take.wav", take, sr, subtype="PCM_16")
+    sf.write(corpus / "gone.wav", piano_like(20.0, sr, seed=24), sr, subtype="PCM_16")
+    Index.build(corpus, tmp_path / "idx")
+    (corpus / "gone.wav").unlink()
+    path = tmp_path / "t.wav"
+    sf.write(path, damaged(x, [gap], sr), sr, subtype="PCM_16")
+    run_cli([str(path), *gap_args([gap]), "--method", "sim", "--index", str(tmp_path / "idx"),
+             "--report", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["gaps"][0]["guide"]["path"].endswith("take.wav")
+    assert any("gone.wav" in n and "simdps-index build" in n for n in report["notes"]), report["notes"]
+    assert "note: 1 indexed file(s) could not be read" in capsys.readouterr().err
+
+
 def test_index_supplies_the_guide(tmp_path):
     from simdps import Index
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from simdps.audio import audio_info, check_finite, read_audio, to_mono
 from simdps.config import SearchConfig
-from simdps.errors import GapError, SimDPSError
+from simdps.errors import GapError, SimDPSError, collect_notes
 from simdps.gaps import Gap
 from simdps.restore.auto import null_cost
 from simdps.restore.report import GuideRecord
@@ -117,6 +117,7 @@ class GuideFinder:
         self.k = int(k)
         self.cfg = cfg
         self.index = None
+        self.notes: list[str] = []  # what the searches reported (e.g. indexed files left out), each once
         self.guide_path: Path | None = None
         self.guide_start_s = guide_start_s
         self._guide_data: tuple[np.ndarray, int] | None = None
@@ -155,8 +156,10 @@ class GuideFinder:
                                      k=self.k, cfg=self.cfg, **signals)
         k = self.k + len(self.gaps)  # room for the candidates skipped for overlapping other gaps
         if self.index is not None:
-            found = self.index.search(self.mono, self.sample_rate, gap=(gap.start_s, gap.end_s), k=k,
-                                      path=self.path)
+            with collect_notes() as notes:
+                found = self.index.search(self.mono, self.sample_rate, gap=(gap.start_s, gap.end_s), k=k,
+                                          path=self.path)
+            self.notes += [n for n in notes if n not in self.notes]
         else:
             found = _search_track_or_none(self.mono, self.sample_rate, gap, k, self.cfg, self.path)
         keep = []

@@ -221,6 +221,8 @@ def restore(
             record.timings_s = {"search": round(search_s, 4), "fill": round(time.perf_counter() - t0, 4)}
             run.gaps.append(record)
     bar.close()
+    if finder is not None:
+        run.notes += finder.notes
     for m in sorted(skipped):
         run.notes.append(f"{m} skipped: no guide candidate ({_no_guide_reason(finder)})")
         del views[m]
