@@ -150,6 +150,11 @@ class Index:
         Raises
         ------
         GapError if the gap lies outside the recording or leaves no context.
+
+        Warns
+        -----
+        SimDPSWarning when indexed files could not be read (gone, damaged, or of another rate
+        or length than indexed): they are left out, and the message says to rebuild.
         """
         if k < 1:
             raise SimDPSError(f"k must be at least 1, got {k}")

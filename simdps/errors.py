@@ -25,7 +25,7 @@ class GapError(SimDPSError):
 
 
 class SimDPSWarning(UserWarning):
-    """Something went otherwise than asked, but the result stands (e.g. indexed files that could
+    """Something did not go quite as asked, but the result stands (e.g. indexed files that could
     not be read were left out of a search). The command-line tools print it as a note."""
 
 
