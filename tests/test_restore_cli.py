@@ -286,7 +286,10 @@ def test_a_guide_source_the_method_does_not_use_is_noted(tmp_path, track_file, c
     assert json.loads((tmp_path / "r.json").read_text())["notes"] == ["--guide-audio not used: method lpc takes no guide"]
 
 
-def test_an_indexed_file_gone_since_indexing_is_a_note_not_a_failure(tmp_path, capsys):
+def _sim_with_an_index(tmp_path, *, lose_a_file: bool = False) -> tuple[np.ndarray, int, dict]:
+    """Restore a 1-s gap of an 8-kHz track with ``--method sim`` from an index whose corpus holds
+    the same passage (2-9 s of the track) at 4 s of ``take.wav``; ``lose_a_file`` deletes a second
+    corpus file after indexing. Returns the undamaged track, the rate and the report."""
     from simdps import Index
 
     sr = 8000
@@ -296,38 +299,31 @@ def test_an_indexed_file_gone_since_indexing_is_a_note_not_a_failure(tmp_path, c
     corpus.mkdir()
     take = np.concatenate([piano_like(4.0, sr, seed=22), x[2 * sr:9 * sr, 0], piano_like(3.0, sr, seed=23)])
     sf.write(corpus / "take.wav", take, sr, subtype="PCM_16")
-    sf.write(corpus / "gone.wav", piano_like(20.0, sr, seed=24), sr, subtype="PCM_16")
+    if lose_a_file:
+        sf.write(corpus / "gone.wav", piano_like(20.0, sr, seed=24), sr, subtype="PCM_16")
     Index.build(corpus, tmp_path / "idx")
-    (corpus / "gone.wav").unlink()
+    if lose_a_file:
+        (corpus / "gone.wav").unlink()
     path = tmp_path / "t.wav"
     sf.write(path, damaged(x, [gap], sr), sr, subtype="PCM_16")
     run_cli([str(path), *gap_args([gap]), "--method", "sim", "--index", str(tmp_path / "idx"),
              "--report", str(tmp_path / "r.json")])
-    report = json.loads((tmp_path / "r.json").read_text())
+    return x, sr, json.loads((tmp_path / "r.json").read_text())
+
+
+def test_an_indexed_file_gone_since_indexing_is_a_note_not_a_failure(tmp_path, capsys):
+    _, _, report = _sim_with_an_index(tmp_path, lose_a_file=True)
     assert report["gaps"][0]["guide"]["path"].endswith("take.wav")
     assert any("gone.wav" in n and "simdps-index build" in n for n in report["notes"]), report["notes"]
     assert "note: 1 indexed file(s) could not be read" in capsys.readouterr().err
 
 
 def test_index_supplies_the_guide(tmp_path):
-    from simdps import Index
-
-    sr = 8000
-    x = 0.8 * piano_like(12.0, sr, seed=21)[:, None]
-    gap = (5.0, 6.0)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    # Another recording in the corpus holds the same passage (2-9 s of the track) at 4 s.
-    take = np.concatenate([piano_like(4.0, sr, seed=22), x[2 * sr:9 * sr, 0], piano_like(3.0, sr, seed=23)])
-    sf.write(corpus / "take.wav", take, sr, subtype="PCM_16")
-    Index.build(corpus, tmp_path / "idx")
-    path = tmp_path / "t.wav"
-    sf.write(path, damaged(x, [gap], sr), sr, subtype="PCM_16")
-    run_cli([str(path), *gap_args([gap]), "--method", "sim", "--index", str(tmp_path / "idx"),
-             "--report", str(tmp_path / "r.json")])
-    guide = json.loads((tmp_path / "r.json").read_text())["gaps"][0]["guide"]
+    x, sr, report = _sim_with_an_index(tmp_path)
+    guide = report["gaps"][0]["guide"]
     assert guide["source"] == "index" and guide["path"].endswith("take.wav")
     assert guide["start_s"] == pytest.approx(7.0, abs=1e-3)
+    assert report["notes"] == []
     restored, _ = sf.read(tmp_path / "t.restored.wav")
     mid = slice(int(5.1 * sr), int(5.9 * sr))
     np.testing.assert_allclose(restored[mid], x[mid, 0], atol=2 / 32768)
