@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from simdps.atomic import write_json_atomic, write_text_atomic
-from simdps.audio import audio_info
+from simdps.audio import audio_info, content_hash
 from simdps.errors import SimDPSError
 from simdps.indexer import store
 from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, display_url
@@ -70,6 +71,17 @@ class BuildResult:
     seconds: float
     errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, message)
     full_rebuild: bool = False
+
+
+def _crashed(task: FileTask) -> FileResult:
+    """The result of a file whose processing killed its worker process twice (once alone)."""
+    try:
+        digest = content_hash(task.abs_path)
+    except OSError:
+        digest = None
+    return FileResult(task.rel_path, digest, False,
+                      "decoding or embedding it crashed the worker process (a decoder bug, or a damaged "
+                      "file); it is left out: check the file or re-encode it")
 
 
 def build_index(corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
@@ -353,13 +365,43 @@ class _Build:
             for t in tasks:
                 done(process_file(t, self.cfg))
         else:
-            with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                     initializer=init_worker) as pool:
-                futures = [pool.submit(process_file, t, self.cfg) for t in tasks]
-                for fut in as_completed(futures):
-                    done(fut.result())
+            pending = list(tasks)
+            while pending:
+                before = len(results)
+                unfinished = self._pool_run(pending, self.workers, done)
+                if not unfinished:
+                    break
+                # A worker process died: a decoder crashed on a file (libsndfile has such bugs),
+                # or the system killed it. The tasks it may have held are the first unfinished
+                # ones (the pool starts tasks in order); each of those runs alone, so a file that
+                # kills its process is known and left out, and the rest go on in a fresh pool.
+                suspects, pending = unfinished[:self.workers + 1], unfinished[self.workers + 1:]
+                crashed = [t for t in suspects if self._pool_run([t], 1, done)]
+                if len(crashed) == len(suspects) and len(results) == before:
+                    raise SimDPSError(
+                        f"the build's worker processes die before finishing any file ({crashed[0].rel_path} "
+                        "and others); run it from a script file or with --workers 1 to see why")
+                for t in crashed:
+                    done(_crashed(t))
         bar.close()
         return results
+
+    def _pool_run(self, tasks: list[FileTask], workers: int, done) -> list[FileTask]:
+        """Process ``tasks`` in a fresh pool of ``workers`` processes, passing each result to
+        ``done``; returns the tasks left unfinished if a worker process died (else none)."""
+        finished: set[int] = set()
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker) as pool:
+            futures = {pool.submit(process_file, t, self.cfg): i for i, t in enumerate(tasks)}
+            try:
+                for fut in as_completed(futures):
+                    done(fut.result())
+                    finished.add(futures[fut])
+            except BrokenProcessPool:
+                for fut, i in futures.items():  # results that came in before the pool broke
+                    if i not in finished and fut.done() and fut.exception() is None:
+                        done(fut.result())
+                        finished.add(i)
+        return [t for i, t in enumerate(tasks) if i not in finished]
 
     # ------------------------------------------------------------------------------
     def _vector_count(self, generation: int | None) -> int:

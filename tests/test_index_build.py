@@ -184,6 +184,32 @@ def test_a_build_killed_half_way_leaves_the_live_index_and_resumes(tmp_path):
     cat.dispose()
 
 
+def test_a_file_that_kills_its_worker_process_is_left_out_and_the_build_goes_on(corpus, tmp_path, monkeypatch):
+    """A decoder that crashes (SIGSEGV) on one file no longer takes the whole build down: the
+    file is isolated, recorded as failed with the reason, and every other file is indexed."""
+    import simdps.indexer.build as build
+    from crash_worker import process_file_or_crash
+
+    write(corpus / "crash.wav", 8.0, 4)
+    for i in range(3):  # enough files that the crash happens with others queued behind it
+        write(corpus / "more" / f"m{i}.wav", 7.0, 10 + i)
+    monkeypatch.setattr(build, "process_file", process_file_or_crash)
+    result = build_index(corpus, tmp_path / "idx", config=SMALL, workers=2, progress=False)
+    errors = dict(result.errors)
+    assert set(errors) == {"broken.wav", "empty.flac", "crash.wav"}
+    assert "crashed the worker process" in errors["crash.wav"]
+    state = check_consistent(tmp_path / "idx", corpus)
+    assert set(state["ok"]) == {"a.wav", "b.flac", "sub/deeper/c.wav", "more/m0.wav", "more/m1.wav", "more/m2.wav"}
+    assert state["tracks"]["crash.wav"].status == "error"
+
+    monkeypatch.setenv("SIMDPS_TEST_CRASH_ALL", "1")  # workers that die on everything: a clear error
+    for i in range(2):  # two new files: a pool runs them (one alone would be processed in-process)
+        write(corpus / f"new{i}.wav", 6.0, 20 + i)
+    with pytest.raises(SimDPSError, match="die before finishing any file"):
+        build_index(corpus, tmp_path / "idx", config=SMALL, workers=2, progress=False)
+    check_consistent(tmp_path / "idx", corpus)  # the live index is untouched
+
+
 def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     from simdps.cli.index import main
 
