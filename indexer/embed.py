@@ -58,6 +58,7 @@ from simdps.retrieval.features import (
     Features,
     chroma_basis,
     context_weights,
+    use_chroma_basis,
 )
 
 __all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "SIDES", "PCA_FILE"]
@@ -131,6 +132,12 @@ class ContextPCA:
     # The chroma filterbank the features were computed with (features.chroma_basis); None in
     # indexes built before it was stored.
     chroma_filterbank: np.ndarray | None = None
+
+    def use_filterbank(self, cfg: SearchConfig) -> None:
+        """Compute chroma in this process with the filterbank this index's features were computed
+        with (when stored), so new features match the index whatever librosa is installed now."""
+        if self.chroma_filterbank is not None:
+            use_chroma_basis(cfg.sample_rate, cfg.n_fft, self.chroma_filterbank)
 
     @property
     def dim(self) -> int:

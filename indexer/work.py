@@ -135,7 +135,9 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
     try:
         info = audio_info(task.abs_path)
         x12k, _ = decode_search_signal(task.abs_path, cfg)
-        emb = embed_track(frame_features(x12k, cfg), _pca(task.pca_path), cfg)
+        pca = _pca(task.pca_path)
+        pca.use_filterbank(cfg)  # an incremental build's features match the live index's
+        emb = embed_track(frame_features(x12k, cfg), pca, cfg)
         meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
                 "n_samples_12k": int(len(x12k))}
         write_shard(shard, emb, meta)

@@ -27,7 +27,6 @@ from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
 from simdps.indexer.layout import folder_bytes, gen_dir
 from simdps.retrieval.candidate import Candidate
-from simdps.retrieval.features import use_chroma_basis
 from simdps.retrieval.index_search import (
     SearchParams,
     ann_k,
@@ -117,8 +116,7 @@ class Index:
             path=[os.path.join(root, *t.path.split("/")) for t in rows],
         )
         pca = ContextPCA.load(gdir / PCA_FILE)
-        if pca.chroma_filterbank is not None:  # the features the index was built with (and no librosa import)
-            use_chroma_basis(config.search.sample_rate, config.search.n_fft, pca.chroma_filterbank)
+        pca.use_filterbank(config.search)  # the features the index was built with (and no librosa import)
         return cls(index_dir, config, generation, gen_info["factory"], pca,
                    store.read_index(gdir / "pre.faiss.zst"), store.read_index(gdir / "post.faiss.zst"), tracks,
                    root, db_url, gen_info)

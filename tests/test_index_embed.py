@@ -100,6 +100,38 @@ def test_pca_round_trips_through_its_file(fitted, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_file_embedded_into_an_index_uses_the_index_s_chroma_filterbank(fitted, signals, tmp_path, monkeypatch):
+    """An incremental build computes a new file's features with the filterbank stored in the
+    live index's PCA, not with whatever librosa is installed now (queries use the stored one)."""
+    import dataclasses
+
+    import soundfile as sf
+
+    import simdps.retrieval.features as features
+    from simdps.indexer.layout import read_shard
+    from simdps.indexer.work import FileTask, process_file
+
+    _, pca = fitted
+    stored = pca.chroma_filterbank
+    assert stored is not None and stored.shape == (CFG.n_fft // 2 + 1, 12)
+    other = np.ascontiguousarray(np.roll(stored, 1, axis=1))  # as if another librosa had built the index
+    dataclasses.replace(pca, chroma_filterbank=other).save(tmp_path / "pca.npz")
+    sf.write(tmp_path / "new.wav", signals[0], CFG.sample_rate, subtype="FLOAT")
+    monkeypatch.setattr(features, "_CHROMA_BASES", {})  # this process's filterbank: librosa's until told
+    result = process_file(FileTask("new.wav", str(tmp_path / "new.wav"), None, str(tmp_path / "cache"),
+                                   str(tmp_path / "pca.npz")), CFG)
+    assert result.error is None
+    np.testing.assert_array_equal(features.chroma_basis(CFG.sample_rate, CFG.n_fft), other)
+    emb, _ = read_shard(next((tmp_path / "cache").glob("*.npz")))  # stored as float16
+    expected = embed_track(frame_features(signals[0], CFG), pca, CFG)  # the features on `other`
+    features.use_chroma_basis(CFG.sample_rate, CFG.n_fft, stored)
+    librosas = embed_track(frame_features(signals[0], CFG), pca, CFG)  # the features on librosa's
+    for side in ("pre", "post"):
+        got = getattr(emb, side).astype(np.float32)
+        np.testing.assert_allclose(got, getattr(expected, side), rtol=2e-3, atol=2e-4)
+        assert np.max(np.abs(got - getattr(librosas, side))) > 0.05
+
+
 def test_too_little_audio_for_the_pca_is_a_clear_error():
     short = [frame_features(piano_like(2.0, CFG.sample_rate).astype(np.float32), CFG)]
     with pytest.raises(SimDPSError, match="add (longer )?recordings"):
