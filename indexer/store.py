@@ -36,7 +36,7 @@ from simdps.errors import SimDPSError
 
 __all__ = [
     "choose_factory", "new_index", "train_index", "add_vectors", "remove_id_ranges",
-    "set_search_params", "write_index_atomic", "read_index", "is_ivf", "ivf_lists", "configure_threads",
+    "set_search_params", "search_best", "write_index_atomic", "read_index", "is_ivf", "ivf_lists", "configure_threads",
     "METRIC", "VectorLookup",
 ]
 
@@ -159,6 +159,31 @@ def ivf_lists(index: faiss.Index) -> tuple[int | None, int | None]:
         return None, None
     ivf = faiss.extract_index_ivf(index)
     return int(ivf.nlist), int(ivf.nprobe)
+
+
+def search_best(index: faiss.Index, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest inner products with one query ``vector``: ``(similarities, ids)``, 1-D,
+    in no particular order (the same set ``index.search`` returns, ties aside).
+
+    For IVF structures, every vector of the probed lists comes back from FAISS's range search
+    and the best ``k`` are picked with ``np.argpartition``: FAISS's search keeps them in a
+    heap, which at the thousands of neighbours a query asks for costs more than the scan
+    (10-h benchmark, k = 8192 of ~26 k scanned: 3.6 against 5.8 ms a side; the two
+    converge when the probed lists hold 25x k). Other structures, and fast-scan codes (whose
+    search ranks by 8-bit look-up tables that their range search does not use), use
+    ``index.search``.
+    """
+    x = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(1, -1))
+    if is_ivf(index) and not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)),
+                                        faiss.IndexIVFFastScan):
+        _, sims, ids = index.range_search(x, -math.inf)
+        if len(sims) > k:
+            best = np.argpartition(sims, len(sims) - k)[len(sims) - k:]
+            sims, ids = sims[best], ids[best]
+        return sims, ids
+    sims, ids = index.search(x, k)
+    keep = ids[0] >= 0  # FAISS pads with -1 when it finds fewer than k
+    return sims[0][keep], ids[0][keep]
 
 
 def _describe(index: faiss.Index) -> str:

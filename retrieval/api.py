@@ -191,8 +191,8 @@ class Index:
                 continue
             vectors[side], blocks[side] = self.pca.embed_block(block, side), block
             nlist, nprobe = store.ivf_lists(idx)
-            sims, ids = idx.search(vectors[side][None, :], ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
-            ann_hits[side] = (side_distances(sims[0], block, cfg), ids[0])
+            sims, ids = store.search_best(idx, vectors[side], ann_k(params.k_ann, idx.ntotal, nlist, nprobe))
+            ann_hits[side] = (side_distances(sims, block, cfg), ids)
         merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits["pre"], ann_hits["post"])
         if params.n_complete:
             head = complete_sides(list(itertools.islice(merged, params.n_complete)), self.tracks, ann,

@@ -54,6 +54,21 @@ def test_a_damaged_index_file_is_a_clear_error(tmp_path):
         store.read_index(tmp_path / "post.faiss.zst")
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ8x4", "IVF16,Flat", "IVF16,PQ8x4fs"])
+@pytest.mark.parametrize("k", [1, 100, 5000])
+def test_search_best_returns_what_faiss_search_returns(factory, k):
+    x = _vectors(4000, seed=2)
+    ids = np.arange(4000, dtype=np.int64) * 2 + 3
+    index = _filled(factory, ids, x)
+    store.set_search_params(index, nprobe=4)
+    q = x[17] + 0.05
+    sims, got = store.search_best(index, q, k)
+    want_sims, want = index.search(q[None, :], k)
+    want_sims, want = want_sims[0][want[0] >= 0], want[0][want[0] >= 0]  # k beyond the probed lists: -1 padded
+    assert sorted(got.tolist()) == sorted(want.tolist())
+    np.testing.assert_allclose(np.sort(sims), np.sort(want_sims), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF8,PQ8", "IVF8,Flat"])
 def test_vector_lookup_gives_back_the_stored_vector_of_each_id(factory):
     x = _vectors(2000, seed=1)
