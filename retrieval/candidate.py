@@ -93,9 +93,13 @@ def resample_window(
     lead_in = margin_steps * step_in
     chunk_start = anchor_sample - lead_in
     n_in = lead_in + math.ceil((first_out + n_out) * sr_in / sr_out) + int(math.ceil(_MARGIN_S * sr_in)) + step_in
-    chunk = read_window(read, n_source, chunk_start, chunk_start + n_in, dtype)
-    out_full = resample(chunk, sr_in, sr_out)
+    inside = 0 <= chunk_start and chunk_start + n_in <= n_source
+    chunk = read(chunk_start, chunk_start + n_in) if inside else \
+        read_window(read, n_source, chunk_start, chunk_start + n_in, dtype)
+    out_full = resample(np.asarray(chunk, dtype=dtype), sr_in, sr_out)
     offset = margin_steps * step_out + first_out  # output index of requested sample 0
+    if inside and offset >= 0 and offset + n_out <= len(out_full):
+        return out_full[offset:offset + n_out]  # every output time lies inside the source
     out = _padded(out_full, offset, offset + n_out, dtype)
     # Zero the samples whose time lies outside the source (k-th time in input samples).
     t_in = anchor_sample + (first_out + np.arange(n_out)) * (sr_in / sr_out)

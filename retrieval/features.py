@@ -180,16 +180,20 @@ def frame_features(x12k: np.ndarray, cfg: SearchConfig = SearchConfig(), *, phas
     n_fft, hop = cfg.n_fft, cfg.hop_length
     n_bins = n_fft // 2 + 1
     count = n_frames(len(x), cfg, phase=phase)
+    if count == 0:
+        return Features(np.zeros((0, n_bins), np.float32), np.zeros((0, 12), np.float32), int(phase))
+    frames = np.lib.stride_tricks.sliding_window_view(x[phase:], n_fft)[::hop][:count]
+    window = _hann(n_fft)
+    if count <= _CHUNK_FRAMES:  # one batch (a context, a re-score window): no copies into place
+        magnitude = np.abs(scipy.fft.rfft(frames * window, axis=1))
+        return Features(magnitude, _chroma_from_power(magnitude * magnitude, cfg), int(phase))
     stft = np.zeros((count, n_bins), dtype=np.float32)
     chroma = np.zeros((count, 12), dtype=np.float32)
-    if count:
-        frames = np.lib.stride_tricks.sliding_window_view(x[phase:], n_fft)[::hop][:count]
-        window = _hann(n_fft)
-        for lo in range(0, count, _CHUNK_FRAMES):
-            hi = min(lo + _CHUNK_FRAMES, count)
-            magnitude = np.abs(scipy.fft.rfft(frames[lo:hi] * window, axis=1))
-            stft[lo:hi] = magnitude
-            chroma[lo:hi] = _chroma_from_power(magnitude * magnitude, cfg)
+    for lo in range(0, count, _CHUNK_FRAMES):
+        hi = min(lo + _CHUNK_FRAMES, count)
+        magnitude = np.abs(scipy.fft.rfft(frames[lo:hi] * window, axis=1))
+        stft[lo:hi] = magnitude
+        chroma[lo:hi] = _chroma_from_power(magnitude * magnitude, cfg)
     return Features(stft=stft, chroma=chroma, phase=int(phase))
 
 

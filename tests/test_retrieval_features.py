@@ -76,6 +76,20 @@ def test_stft_magnitude_matches_a_plain_fft():
     assert np.allclose(f.stft[2], expect, rtol=1e-4, atol=1e-4)
 
 
+def test_long_signals_are_framed_in_batches_with_the_same_result(monkeypatch):
+    import simdps.retrieval.features as features
+
+    x = piano_like(3.0, 12_000, seed=5).astype(np.float32)
+    whole = frame_features(x, CFG, phase=37)  # one batch
+    monkeypatch.setattr(features, "_CHUNK_FRAMES", 16)  # 132 frames in batches of 16
+    batched = frame_features(x, CFG, phase=37)
+    assert len(whole) == len(batched) == n_frames(len(x), CFG, phase=37) > 16
+    np.testing.assert_array_equal(batched.stft, whole.stft)
+    np.testing.assert_array_equal(batched.chroma, whole.chroma)
+    assert whole.stft.dtype == whole.chroma.dtype == np.float32
+    assert len(frame_features(x[:1000], CFG)) == 0
+
+
 def test_context_blocks_are_level_invariant():
     x = piano_like(8.0, 12_000, seed=4).astype(np.float32)
     a, b = frame_features(x, CFG), frame_features(0.3 * x, CFG)
