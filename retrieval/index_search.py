@@ -76,7 +76,7 @@ class SearchParams:
     rescore_margin: float = 0.05  # relative estimate margin of the adaptive extension (0: none)
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
-    threads: int | None = None  # threads re-scoring windows (None: the CPU count, at most 4)
+    threads: int | None = None  # threads for the FAISS searches, re-score windows, eq. 11 (None: CPUs, at most 4)
 
     def __post_init__(self):
         if self.k_ann < 1 or self.n_rescore < 1 or self.max_rescore < 1 or self.reach_hops < 1:
