@@ -60,7 +60,7 @@ class Index:
         self.pca = pca
         self._faiss = {"pre": faiss_pre, "post": faiss_post}
         self._lookups = {side: store.VectorLookup(idx) for side, idx in self._faiss.items()}
-        self._pools: dict[int, ThreadPoolExecutor] = {}  # worker threads by count, kept between queries
+        self._pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (threads, pid), kept between queries
         self._pools_lock = threading.Lock()
         self.tracks = tracks
         self.corpus_root = corpus_root
@@ -339,10 +339,11 @@ class Index:
         pool per thread count, shared by queries running at once."""
         workers = params.threads if params.threads is not None else min(4, os.cpu_count() or 1)
         workers = max(1, workers)
+        key = (workers, os.getpid())  # a forked child has none of its parent's threads: new pools
         with self._pools_lock:
-            if workers not in self._pools:
-                self._pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simdps-search")
-            return self._pools[workers], workers
+            if key not in self._pools:
+                self._pools[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simdps-search")
+            return self._pools[key], workers
 
     # ---- description ----------------------------------------------------------------
     def info(self) -> dict:

@@ -165,6 +165,31 @@ def test_the_result_does_not_depend_on_the_rescore_threads(planted):
         SearchParams(threads=0)
 
 
+def _search_in_child(index, q, gap, out):
+    out.put([(c.path, c.start_sample, c.cost) for c in index.search(q, SR, gap, k=4, include_track=False)])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_an_index_searched_before_a_fork_searches_in_the_child(planted):
+    """The search threads are kept per Index; a forked child has none of them and must make its own."""
+    import multiprocessing
+
+    index, q, _, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 0.5)
+    want = [(c.path, c.start_sample, c.cost) for c in index.search(q, SR, gap, k=4, include_track=False)]
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_search_in_child, args=(index, q, gap, out))
+    child.start()
+    try:
+        got = out.get(timeout=60)  # a child waiting on its parent's (absent) threads would never answer
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert got == want
+
+
 def test_the_adaptive_extension_rescores_more_windows_only_while_estimates_are_close(planted, monkeypatch):
     import simdps.retrieval.api as api
 
