@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from simdps.audio import audio_info, content_hash
+from simdps.audio import audio_info, content_hash, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.embed import ContextPCA, embed_track
@@ -79,7 +79,7 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
                 if len(block) == 0:
                     break
                 remaining -= len(block)
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                mono = to_mono(block)  # channel mean (column by column: numpy's mean(axis=1) is ~6x slower)
                 out.append(mono if stream is None else stream.resample_chunk(mono, last=False))
             if stream is not None:
                 out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
