@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simdps.audio import to_mono
 from simdps.restore.samples import NativeAudio, from_float, to_float
 
 __all__ = ["TrackView"]
@@ -71,7 +72,7 @@ class TrackView:
         out = np.empty(self.frames)
         for lo in range(0, self.frames, block):
             hi = min(lo + block, self.frames)
-            out[lo:hi] = self.read(lo, hi).mean(axis=1)
+            out[lo:hi] = to_mono(self.read(lo, hi))  # the channel mean, column by column
         return out
 
     def assembled(self) -> np.ndarray:
