@@ -23,6 +23,7 @@ In one process, and in this order:
     python benchmarks/bench_index.py [--work /tmp/simdps-bench-index] [--workers 2] [--queries 40]
     python benchmarks/bench_index.py --stages 40   # per-file build stages only, one thread
     python benchmarks/bench_index.py --skip-build --ann-scale 10   # + FAISS time at 10x the vectors
+    python benchmarks/bench_index.py --skip-build --query-seed 1   # another 40 queries (validation)
 
 ``--ann-scale C`` measures how the FAISS search grows with the corpus instead of assuming
 it: one side's vectors (from the build cache) as they are and as C perturbed copies
@@ -236,6 +237,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/simdps-bench-index", help="corpus and index folder")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--query-seed", type=int, default=0,
+                    help="another set of held-out queries (0: the set the defaults were chosen on)")
     ap.add_argument("--skip-build", action="store_true", help="reuse the index already in --work")
     ap.add_argument("--ann-scale", type=int, default=0, metavar="C",
                     help="also time FAISS on C perturbed copies of the vectors (measured growth for the projection)")
@@ -282,8 +285,11 @@ def main() -> None:
           f"({info['factory']}, {info['vectors']['pre']} + {info['vectors']['post']} vectors); "
           f"parts {json.dumps(parts)}; build cache {info['cache_bytes'] / 1e6:.1f} MB", flush=True)
 
-    queries = make_queries(args.queries)
-    cache = work / f"exhaustive-{args.queries}.json"  # the truth depends on corpus and queries only
+    queries = make_queries(args.queries, seed=args.query_seed)
+    # The truth depends on corpus and queries only.
+    cache = work / (f"exhaustive-{args.queries}.json" if args.query_seed == 0 else
+                    f"exhaustive-{args.queries}-seed{args.query_seed}.json")
+    report["query_seed"] = args.query_seed
     if cache.exists():
         truth = [[tuple(r) for r in rows] for rows in json.loads(cache.read_text())]
         print(f"exhaustive exact search: reused {cache}", flush=True)
