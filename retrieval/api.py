@@ -203,7 +203,8 @@ class Index:
             pre = pool.submit(ann_side, "pre", ctx.pre, ctx.pre_extent)
             sides = {"post": ann_side("post", ctx.post, ctx.post_extent), "pre": pre.result()}
         else:  # one thread asked for: one at a time
-            sides = {side: ann_side(side, getattr(ctx, side), getattr(ctx, f"{side}_extent")) for side in ("pre", "post")}
+            sides = {"pre": ann_side("pre", ctx.pre, ctx.pre_extent),
+                     "post": ann_side("post", ctx.post, ctx.post_extent)}
         ann_hits = {side: got[1] if got else None for side, got in sides.items()}
         vectors = {side: got[0] for side, got in sides.items() if got}
         blocks = {side: ctx.pre if side == "pre" else ctx.post for side in vectors}
@@ -384,8 +385,6 @@ class Index:
                                                 "files_unchanged", "files_removed", "files_failed")}
             if last else None,
         }
-
-
 
 
 def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:

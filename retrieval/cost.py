@@ -239,7 +239,8 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int, ter
             diagonal = np.ndarray((count, used), cross.dtype, cross, 0, (used * item, (used + 1) * item))
             cand_sq = np.correlate(energy, terms.w)[:count]  # sum_j w_j energy[m + j]
         else:  # frame j of candidate m is row m + used-1-j: anti-diagonals, frames in reverse
-            diagonal = np.ndarray((count, used), cross.dtype, cross, (used - 1) * item, (used * item, (used - 1) * item))
+            diagonal = np.ndarray((count, used), cross.dtype, cross, (used - 1) * item,
+                                  (used * item, (used - 1) * item))
             cand_sq = np.correlate(energy, terms.w[::-1])[:count]
         dot = diagonal.sum(axis=1)
     else:  # a whole track: per-frame slices keep the memory at O(count)
