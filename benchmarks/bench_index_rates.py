@@ -12,13 +12,18 @@ process: median and p90 latency of ``Index.search(include_track=False, k=10)`` (
 warm page cache), windows re-scored per query, and the decode + resample cost of one window
 (7 s of audio) in each format. No recall here: the truth for it is ``bench_index.py``'s.
 
-    python benchmarks/bench_index_rates.py [--work /tmp/simdps-bench-rates] [--queries 40]
+    python benchmarks/bench_index_rates.py [--work /tmp/simdps-bench-rates] [--queries 40] [--rebuild]
+
+An index is built when missing (``--rebuild``: always); each build is timed in CPU seconds
+of the process and its workers, beside the decode + resample floor of the same files.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import statistics
 import sys
 import time
@@ -62,6 +67,21 @@ def window_cost_ms(path: Path) -> float:
                                            info.samplerate, 12_000), 20)
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (build workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def floor_cpu_s(files) -> float:
+    """CPU seconds of decoding every file and resampling its mono mix to 12 kHz (what no build avoids)."""
+    c0 = cpu_s()
+    for f in files:
+        x, sr = read_audio(f, dtype="float32")
+        resample(to_mono(x), sr, 12_000)
+    return cpu_s() - c0
+
+
 def time_queries(index: Index, queries) -> tuple[list[float], list[int]]:
     """Latency (ms) and re-score windows of each query, after one untimed pass."""
     counted = [0]
@@ -93,6 +113,7 @@ def main() -> None:
     ap.add_argument("--corpus", default="/tmp/simdps-bench-index/corpus", help="bench_index.py's corpus (made if missing)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--rebuild", action="store_true", help="build (and time) both indexes even if they exist")
     args = ap.parse_args()
     work, corpus = Path(args.work), Path(args.corpus)
     make_corpus(corpus, workers=args.workers)
@@ -105,6 +126,8 @@ def main() -> None:
     for label, root, files in (("22.05 kHz mono", corpus, sources),
                                ("44.1 kHz stereo", hi_res, sorted(hi_res.rglob("*.flac")))):
         index_dir = work / ("index-" + label.split()[0])
+        if args.rebuild:
+            shutil.rmtree(index_dir, ignore_errors=True)
         if not index_dir.exists():
             # The 22.05-kHz index covers only the subset: link its files into a folder of their own.
             if root == corpus:
@@ -115,9 +138,14 @@ def main() -> None:
                     if not dst.exists():
                         dst.symlink_to(f)
                 root = linked
-            t0 = time.perf_counter()
+            floor = floor_cpu_s(files)
+            t0, c0 = time.perf_counter(), cpu_s()
             build_index(root, index_dir, workers=args.workers)
-            print(f"{label}: index built in {time.perf_counter() - t0:.0f} s", flush=True)
+            build = cpu_s() - c0
+            hours = sum(sf.info(f).duration for f in files) / 3600
+            print(f"{label}: index built in {time.perf_counter() - t0:.0f} s wall, {build:.1f} CPU s: "
+                  f"{hours * 3600 / build:.0f}x real time per core, {build / floor:.2f}x the decode + resample "
+                  f"floor ({floor:.1f} CPU s)", flush=True)
         index = Index.open(index_dir)
         latency, windows = time_queries(index, queries)
         results[label] = statistics.median(latency)
