@@ -184,16 +184,18 @@ def frame_features(x12k: np.ndarray, cfg: SearchConfig = SearchConfig(), *, phas
         return Features(np.zeros((0, n_bins), np.float32), np.zeros((0, 12), np.float32), int(phase))
     frames = np.lib.stride_tricks.sliding_window_view(x[phase:], n_fft)[::hop][:count]
     window = _hann(n_fft)
+
+    def batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        magnitude = np.abs(scipy.fft.rfft(rows * window, axis=1))
+        return magnitude, _chroma_from_power(magnitude * magnitude, cfg)
+
     if count <= _CHUNK_FRAMES:  # one batch (a context, a re-score window): no copies into place
-        magnitude = np.abs(scipy.fft.rfft(frames * window, axis=1))
-        return Features(magnitude, _chroma_from_power(magnitude * magnitude, cfg), int(phase))
+        return Features(*batch(frames), phase=int(phase))
     stft = np.zeros((count, n_bins), dtype=np.float32)
     chroma = np.zeros((count, 12), dtype=np.float32)
     for lo in range(0, count, _CHUNK_FRAMES):
         hi = min(lo + _CHUNK_FRAMES, count)
-        magnitude = np.abs(scipy.fft.rfft(frames[lo:hi] * window, axis=1))
-        stft[lo:hi] = magnitude
-        chroma[lo:hi] = _chroma_from_power(magnitude * magnitude, cfg)
+        stft[lo:hi], chroma[lo:hi] = batch(frames[lo:hi])
     return Features(stft=stft, chroma=chroma, phase=int(phase))
 
 
