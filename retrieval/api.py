@@ -188,10 +188,10 @@ class Index:
         ann = ann_query(query, cfg)
         ctx = ann.context
 
-        def ann_side(side: str, block, extent: int):
+        def ann_side(side: str):
             """The side's embedding and its FAISS hits as ``(estimates, ids)``; None without context."""
-            idx = self._faiss[side]
-            if extent == 0 or idx.ntotal == 0:
+            idx, block = self._faiss[side], getattr(ctx, side)
+            if getattr(ctx, f"{side}_extent") == 0 or idx.ntotal == 0:
                 return None
             vector = self.pca.embed_block(block, side)
             nlist, nprobe = store.ivf_lists(idx)
@@ -200,14 +200,13 @@ class Index:
 
         # Both sides' searches at once (FAISS releases the GIL): 7.2 -> 3.9 ms on the benchmark.
         if workers > 1:
-            pre = pool.submit(ann_side, "pre", ctx.pre, ctx.pre_extent)
-            sides = {"post": ann_side("post", ctx.post, ctx.post_extent), "pre": pre.result()}
+            pre = pool.submit(ann_side, "pre")
+            sides = {"post": ann_side("post"), "pre": pre.result()}
         else:  # one thread asked for: one at a time
-            sides = {"pre": ann_side("pre", ctx.pre, ctx.pre_extent),
-                     "post": ann_side("post", ctx.post, ctx.post_extent)}
+            sides = {side: ann_side(side) for side in ("pre", "post")}
         ann_hits = {side: got[1] if got else None for side, got in sides.items()}
         vectors = {side: got[0] for side, got in sides.items() if got}
-        blocks = {side: ctx.pre if side == "pre" else ctx.post for side in vectors}
+        blocks = {side: getattr(ctx, side) for side in vectors}
         merged = merge_hits(self.tracks, ann, cfg.coarse_hop, ann_hits["pre"], ann_hits["post"])
         if params.n_complete:
             head = complete_sides(list(itertools.islice(merged, params.n_complete)), self.tracks, ann,
