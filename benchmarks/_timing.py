@@ -1,7 +1,8 @@
-"""Timing helper shared by the benchmark scripts (run as ``python benchmarks/NAME.py``)."""
+"""Timing helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from typing import Callable
@@ -17,3 +18,9 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (build workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime

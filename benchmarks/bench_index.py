@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import cpu_s  # noqa: E402
 from index_corpus import make_corpus, make_queries  # noqa: E402
 
 from simdps.audio import resample, to_mono  # noqa: E402
@@ -61,13 +61,6 @@ from simdps.retrieval.features import frame_features  # noqa: E402
 from simdps.retrieval.index_search import SearchParams, ann_query, prepare_query  # noqa: E402
 
 CFG = SearchConfig()
-
-
-def cpu_s() -> float:
-    """CPU seconds of this process and of its finished children (build workers)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def floor(files: list[Path]) -> tuple[float, float]:

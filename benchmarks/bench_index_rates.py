@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -35,7 +34,8 @@ import soundfile as sf
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_s  # noqa: E402
+from _timing import cpu_s, median_s  # noqa: E402
+from bench_index import floor  # noqa: E402
 from index_corpus import make_corpus, make_queries  # noqa: E402
 
 from simdps.audio import read_audio, resample, to_mono  # noqa: E402
@@ -65,21 +65,6 @@ def window_cost_ms(path: Path) -> float:
     start, stop = info.frames // 2, info.frames // 2 + 7 * info.samplerate
     return 1e3 * median_s(lambda: resample(to_mono(read_audio(path, start=start, stop=stop, dtype="float32")[0]),
                                            info.samplerate, 12_000), 20)
-
-
-def cpu_s() -> float:
-    """CPU seconds of this process and of its finished children (build workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def floor_cpu_s(files) -> float:
-    """CPU seconds of decoding every file and resampling its mono mix to 12 kHz (what no build avoids)."""
-    c0 = cpu_s()
-    for f in files:
-        x, sr = read_audio(f, dtype="float32")
-        resample(to_mono(x), sr, 12_000)
-    return cpu_s() - c0
 
 
 def time_queries(index: Index, queries) -> tuple[list[float], list[int]]:
@@ -138,14 +123,14 @@ def main() -> None:
                     if not dst.exists():
                         dst.symlink_to(f)
                 root = linked
-            floor = floor_cpu_s(files)
+            floor_cpu, _ = floor(files)
             t0, c0 = time.perf_counter(), cpu_s()
             build_index(root, index_dir, workers=args.workers)
             build = cpu_s() - c0
             hours = sum(sf.info(f).duration for f in files) / 3600
             print(f"{label}: index built in {time.perf_counter() - t0:.0f} s wall, {build:.1f} CPU s: "
-                  f"{hours * 3600 / build:.0f}x real time per core, {build / floor:.2f}x the decode + resample "
-                  f"floor ({floor:.1f} CPU s)", flush=True)
+                  f"{hours * 3600 / build:.0f}x real time per core, {build / floor_cpu:.2f}x the decode + resample "
+                  f"floor ({floor_cpu:.1f} CPU s)", flush=True)
         index = Index.open(index_dir)
         latency, windows = time_queries(index, queries)
         results[label] = statistics.median(latency)
