@@ -59,7 +59,7 @@ from simdps.indexer.embed import side_extent
 from simdps.retrieval.candidate import Candidate, resample_window
 from simdps.retrieval.cost import QueryContext, costs_at, grid_costs, query_context
 from simdps.retrieval.features import ContextBlock, search_signal
-from simdps.retrieval.refine import refine_half_width, refine_start
+from simdps.retrieval.refine import refine_half_width, refine_start, refine_window
 
 __all__ = ["SearchParams", "TrackTable", "Query", "prepare_query", "AnnQuery", "ann_query", "Coarse",
            "side_distances", "merge_hits", "complete_sides", "ann_k", "FrameHit", "rescore", "group_windows", "refine"]
@@ -460,10 +460,14 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
     if hi < lo:
         return None
     window = hit.window
-    # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it.
-    refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s,
-                           int(round(hit.start12 * ratio)) - window.lo, refine_half_width(cfg.hop_length, sr_s, cfg),
-                           cfg, bounds=(lo - window.lo, hi - window.lo))
+    # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it
+    # (a whole hop towards a limit the next grid start would have crossed).
+    coarse = int(round(hit.start12 * ratio)) - window.lo
+    half_width, bounds = refine_window(coarse, refine_half_width(cfg.hop_length, sr_s, cfg),
+                                       refine_half_width(2 * cfg.hop_length, sr_s, cfg),
+                                       (lo - window.lo, hi - window.lo))
+    refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s, coarse,
+                           half_width, cfg, bounds=bounds)
     start = refined.start_sample + window.lo
     final = costs_at(query.context, hit.s12, [int(round(start / ratio)) - hit.w0], cfg)
     return Candidate(hit.path, start / sr_s, start, sr_s, *astuple(final.parts(0)), source="index")

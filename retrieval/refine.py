@@ -43,7 +43,7 @@ import numpy as np
 from simdps.config import SearchConfig
 from simdps.retrieval.candidate import read_window, resample_window
 
-__all__ = ["Refinement", "refine_start", "refine_half_width"]
+__all__ = ["Refinement", "refine_start", "refine_half_width", "refine_window"]
 
 _MODES = ("context", "eq11")
 
@@ -64,6 +64,27 @@ def refine_half_width(coarse_hop_12k: int, sr_source: int, cfg: SearchConfig = S
     The extra sample covers rounding when a coarse start is converted to the source's rate.
     """
     return int(math.ceil(coarse_hop_12k / 2 * sr_source / cfg.sample_rate)) + 1
+
+
+def refine_window(coarse: int, half_width: int, hop_width: int,
+                  bounds: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
+    """``(half_width, bounds)`` for :func:`refine_start` around a start found on the frame grid.
+
+    Offsets stay within ``+-half_width`` (half a frame hop), except towards a limit of
+    ``bounds`` closer than ``hop_width`` (one hop at the source's rate): the grid start beyond
+    that limit was never scored (its segment would leave the source or enter an excluded
+    stretch), so the best start may lie up to a whole hop away, and the window reaches the
+    limit. Example: a gap running to the end of the query matched at the very end of a source.
+    """
+    if bounds is None:
+        return half_width, None
+    lo, hi = bounds
+    down = hop_width if coarse - lo < hop_width else half_width
+    up = hop_width if hi - coarse < hop_width else half_width
+    near = (max(lo, coarse - down), min(hi, coarse + up))
+    if near[0] > near[1]:  # the coarse start lies well outside the bounds: refine_start clamps to them
+        return half_width, bounds
+    return max(down, up), near
 
 
 def _query_side(y: np.ndarray, sr_y: int, edge: int, side: str, n: int, sr_s: int) -> np.ndarray:

@@ -341,3 +341,22 @@ def test_a_rescore_window_skips_a_long_gaps_middle_but_reads_it_on_demand(tmp_pa
     np.testing.assert_array_equal(holed.read(2000, 29_000), full.read(2000, 29_000))
     np.testing.assert_array_equal(holed.read(29_000, 31_000), full.read(29_000, 31_000))  # from the file
     assert _Window(str(path), len(x), SR, 1000, 100_000, hole=(500, 70_000)).hole is None  # not inside: ignored
+
+
+def test_a_gap_at_the_end_of_the_query_finds_its_match_at_the_very_end_of_a_source(tmp_path):
+    """No context after the gap, and the match ends where its source ends: the next grid start
+    would overrun the source, so the best one lies ~200 samples (12 kHz) below the truth, beyond
+    eq. 11's half hop; refinement must still reach the exact sample."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = piano_like(12.0, SR, seed=31)
+    truth = 611_888  # 333_000.27 at 12 kHz: 200 above the frame grid (256 * 1300)
+    host = piano_like(30.0, SR, seed=32)[:truth + SR // 2]
+    tail = int(6.0 * SR)
+    host[-tail:] = GAIN * q[-tail:]
+    sf.write(root / "host.flac", host, SR)
+    sf.write(root / "other.wav", piano_like(20.0, SR, seed=33), SR)
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    best = index.search(q, SR, (11.5, 12.0), k=3, include_track=False)[0]
+    assert Path(best.path).name == "host.flac"
+    assert abs(best.start_sample - truth) <= 1 and best.cost < 0.05

@@ -11,7 +11,7 @@ from conftest import piano_like
 from simdps.audio import resample
 from simdps.config import SearchConfig
 from simdps.retrieval.candidate import Candidate
-from simdps.retrieval.refine import refine_half_width, refine_start
+from simdps.retrieval.refine import refine_half_width, refine_start, refine_window
 
 
 def test_eq11_mode_is_the_paper_formula_verbatim():
@@ -92,3 +92,25 @@ def test_file_backed_extract_matches_in_memory(make_wav):
         assert np.allclose(from_file.extract(4000, rate), in_memory.extract(4000, rate), atol=1e-6)
     again = Candidate.from_json(from_file.to_json())
     assert again == from_file and again.source == "index"
+
+
+def test_refine_window_reaches_a_whole_hop_towards_a_near_limit_only():
+    assert refine_window(5_000, 237, 472, None) == (237, None)
+    assert refine_window(5_000, 237, 472, (0, 90_000)) == (237, (4_763, 5_237))  # far from both limits
+    assert refine_window(5_000, 237, 472, (0, 5_300)) == (472, (4_763, 5_300))  # the next grid start left the source
+    assert refine_window(5_000, 237, 472, (4_800, 90_000)) == (472, (4_800, 5_237))  # ... or entered an excluded stretch
+    assert refine_window(5_000, 237, 472, (0, 4_000)) == (237, (0, 4_000))  # far outside: refine_start clamps
+
+
+def test_a_start_up_to_a_hop_above_the_last_grid_start_is_reached_at_a_limit():
+    s = piano_like(4.0, 12_000, seed=9)
+    truth = 30_000
+    y = s[truth - 20_000:truth + 6_000].copy()  # the gap is y's last 6000 samples: no context after it
+    gs, ge = 20_000, 26_000
+    y[gs:ge] = 0.0
+    source = s[:truth + 6_000]  # the match ends exactly where its source ends
+    coarse = truth - 200  # the last grid start whose segment fits (the next, at +56, would overrun)
+    bounds = (0, len(source) - (ge - gs))
+    assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, 129, bounds=bounds).start_sample != truth
+    width, near = refine_window(coarse, 129, 257, bounds)
+    assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, width, bounds=near).start_sample == truth
