@@ -27,10 +27,11 @@ criterion at the gap boundaries. Two criteria (``SearchConfig.refine_mode``):
     ``n = 1`` and no gain this would compare ``y[ts-1]`` with ``s[c-1]`` (aligned samples),
     which differs from eq. 11's pairing by one sample; hence the separate ``"eq11"`` mode.
 
-Ties go to the smallest ``|o|``. When the query's rate differs from the source's, the
-query's boundary neighbourhoods are resampled to the source rate, each from its own side
-of the gap only (extended past the gap edge by odd reflection, so the unknown gap never
-leaks into them).
+A side of the gap with no observed query samples (a gap at the start or the end of the
+query) takes no part in either criterion. Ties go to the smallest ``|o|``. When the
+query's rate differs from the source's, the query's boundary neighbourhoods are resampled
+to the source rate, each from its own side of the gap only (extended past the gap edge
+by odd reflection, so the unknown gap never leaks into them).
 """
 
 from __future__ import annotations
@@ -144,23 +145,42 @@ def refine_start(
             return Refinement(int(np.clip(coarse_start, *bounds)), 0, float("nan"), 1.0)
     starts = coarse_start + offsets
 
+    # Observed query samples beside each gap edge, at the source's rate: a gap at the start
+    # (end) of the query has none before (after) it, and that side must not take part (its
+    # zeros would favour candidates that are silent there).
+    before = int(math.floor(gap_start * sr_s / sr_y))
+    after = int(math.floor((len(y) - gap_end) * sr_s / sr_y))
     if cfg.refine_mode == "eq11":
-        y_before = _query_side(y, sr_y, gap_start, "pre", 1, sr_s)[0]
-        y_after = _query_side(y, sr_y, gap_end, "post", 1, sr_s)[0]
-        first = read_window(lambda lo, hi: s[lo:hi], len(s), int(starts[0]), int(starts[-1]) + 1)
-        last = read_window(lambda lo, hi: s[lo:hi], len(s), int(starts[0]) + length - 1, int(starts[-1]) + length)
-        mismatch = np.abs(y_before - first) + np.abs(y_after - last)  # eq. 11
+        mismatch = np.zeros(len(starts))
+        if before:
+            y_before = _query_side(y, sr_y, gap_start, "pre", 1, sr_s)[0]
+            mismatch += np.abs(y_before - read_window(lambda lo, hi: s[lo:hi], len(s), int(starts[0]),
+                                                      int(starts[-1]) + 1))  # eq. 11, first term
+        if after:
+            y_after = _query_side(y, sr_y, gap_end, "post", 1, sr_s)[0]
+            mismatch += np.abs(y_after - read_window(lambda lo, hi: s[lo:hi], len(s), int(starts[0]) + length - 1,
+                                                     int(starts[-1]) + length))  # second term
         gains = np.ones_like(mismatch)
     else:
         n = max(1, int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)))
-        q = np.concatenate([_query_side(y, sr_y, gap_start, "pre", n, sr_s),
-                            _query_side(y, sr_y, gap_end, "post", n, sr_s)])
+        n_pre, n_post = min(n, before), min(n, after)
         lo = int(starts[0])
         span = read_window(lambda a, b: s[a:b], len(s), lo - n, int(starts[-1]) + length + n)
         windows = np.lib.stride_tricks.sliding_window_view(span, n)
         # Candidate at start c: context s[c-n:c] is window c-n-(lo-n) = c-lo; s[c+L:c+L+n] is window c-lo+L+n.
         idx = starts - lo
-        cand = np.concatenate([windows[idx], windows[idx + length + n]], axis=1)
+        q_parts, cand_parts = [], []
+        if n_pre:
+            q_parts.append(_query_side(y, sr_y, gap_start, "pre", n, sr_s)[n - n_pre:])
+            cand_parts.append(windows[idx, n - n_pre:])
+        if n_post:
+            q_parts.append(_query_side(y, sr_y, gap_end, "post", n, sr_s)[:n_post])
+            cand_parts.append(windows[idx + length + n, :n_post])
+        if not q_parts:  # no observed sample on either side: nothing to refine against
+            return Refinement(int(coarse_start if bounds is None else np.clip(coarse_start, *bounds)), 0,
+                              float("nan"), 1.0)
+        q = np.concatenate(q_parts)
+        cand = np.concatenate(cand_parts, axis=1)
         energy = np.einsum("ij,ij->i", cand, cand)
         gains = np.where(energy > 0, cand @ q / np.where(energy > 0, energy, 1.0), 0.0)  # least squares
         mismatch = np.abs(q[None, :] - gains[:, None] * cand).sum(axis=1)

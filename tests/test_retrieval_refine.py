@@ -114,3 +114,29 @@ def test_a_start_up_to_a_hop_above_the_last_grid_start_is_reached_at_a_limit():
     assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, 129, bounds=bounds).start_sample != truth
     width, near = refine_window(coarse, 129, 257, bounds)
     assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, width, bounds=near).start_sample == truth
+
+
+@pytest.mark.parametrize("edge", ["start", "end"])
+def test_a_gap_at_the_querys_edge_refines_on_the_side_it_has(edge):
+    """A gap at the query's start has no samples before it (at its end, none after): that side
+    takes no part, instead of its zeros pulling the start towards quiet source samples."""
+    s = piano_like(8.0, 44_100, seed=12)
+    truth = 2 * 44_100 + 301
+    s[truth - 3_000:truth] *= np.linspace(1.0, 0.0, 3_000)  # quiet just before the truth...
+    s[truth + 22_050:truth + 25_050] *= np.linspace(1.0, 0.0, 3_000)[::-1]  # ... and just after its segment
+    y = resample(s, 44_100, 22_050)  # the query at another rate: y[k] is s[2k]
+    if edge == "start":  # a query starting with the gap
+        y, gs, ge = y[(truth - 1) // 2:(truth - 1) // 2 + 44_100].copy(), 0, 11_025
+    else:  # ... ending with it
+        y, gs, ge = y[(truth - 1) // 2 - 44_100:(truth - 1) // 2 + 11_025].copy(), 44_100, 55_125
+    y[gs:ge] = 0.0
+    for coarse in (truth - 300, truth + 200):
+        got = refine_start(y, 22_050, gs, ge, s, 44_100, coarse, 472)
+        assert abs(got.start_sample - truth) <= 1, (edge, coarse, got)
+    # eq. 11 verbatim keeps only the term the query has (same rates: the plain formula)
+    y = s[truth:truth + 44_100].copy() if edge == "start" else s[truth - 44_100:truth + 22_050].copy()
+    gs, ge = (0, 22_050) if edge == "start" else (44_100, 66_150)
+    got = refine_start(y, 44_100, gs, ge, s, 44_100, truth, 50, SearchConfig(refine_mode="eq11"))
+    term = {o: abs(y[ge] - s[truth + o + 22_049]) if edge == "start" else abs(y[gs - 1] - s[truth + o])
+            for o in range(-50, 51)}
+    assert got.offset_samples == min(term, key=lambda o: (term[o], abs(o)))
