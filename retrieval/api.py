@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simdps.audio import KeptHandles
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap
@@ -62,6 +63,7 @@ class Index:
         self._lookups = {side: store.VectorLookup(idx) for side, idx in self._faiss.items()}
         self._pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (threads, pid), kept between queries
         self._pools_lock = threading.Lock()
+        self._handles = KeptHandles()  # MP3 decoders kept open between re-score windows and queries
         self.tracks = tracks
         self.corpus_root = corpus_root
         self.db_url = db_url
@@ -292,7 +294,7 @@ class Index:
             path = tracks.path[track]
             try:
                 return rescore(query, group, path, int(tracks.sample_rate[track]), int(tracks.frames[track]), cfg,
-                               reach12=reach12, bounds=bounds)
+                               reach12=reach12, bounds=bounds, handles=self._handles)
             except AudioError as exc:  # deleted, damaged or changed since indexing: left out, reported once
                 skipped.setdefault(path, str(exc))
                 return []

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import check_finite, content_hash, read_audio, read_audio_ranges, to_mono
+from simdps.audio import KeptHandles, check_finite, content_hash, read_audio, read_audio_ranges, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, validate_gaps
@@ -336,7 +336,8 @@ class _Window:
     recorded raises :class:`AudioError` (the search leaves it out).
     """
 
-    def __init__(self, path: str, frames: int, sr: int, lo: int, hi: int, hole: tuple[int, int] | None = None):
+    def __init__(self, path: str, frames: int, sr: int, lo: int, hi: int, hole: tuple[int, int] | None = None,
+                 handles: KeptHandles | None = None):
         self.path, self.frames, self.sr = path, frames, sr
         self.lo, self.hi = max(0, lo), min(frames, hi)
         if hole is not None and not self.lo < hole[0] < hole[1] < self.hi:
@@ -344,7 +345,7 @@ class _Window:
         self.hole = hole
         ranges = [(self.lo, self.hi)] if hole is None else [(self.lo, hole[0]), (hole[1], self.hi)]
         # float32 as decoded (and as the index build resamples): soxr runs ~2x faster than in float64
-        parts, sr_now, frames_now = read_audio_ranges(path, ranges, dtype="float32")
+        parts, sr_now, frames_now = read_audio_ranges(path, ranges, dtype="float32", handles=handles)
         if (sr_now, frames_now) != (sr, frames):
             raise AudioError(f"{path}: now holds {frames_now} frames at {sr_now} Hz, not {frames} at {sr} Hz as "
                              "indexed; the file changed since indexing: run `simdps-index build` again")
@@ -382,7 +383,8 @@ class FrameHit:
 
 
 def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int, cfg: SearchConfig,
-            *, reach12: int, bounds: tuple[int, int] | None = None) -> list[FrameHit]:
+            *, reach12: int, bounds: tuple[int, int] | None = None,
+            handles: KeptHandles | None = None) -> list[FrameHit]:
     """Step 3 for ANN candidates of one source: exact ``J`` at every frame-grid start within
     ``reach12`` of any of ``starts12``, from one decoded window spanning them all.
 
@@ -414,7 +416,7 @@ def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int
     long_gap = b - a > cfg.sample_rate // 4
     hole = (int(math.ceil(a * ratio)) + margin, int(math.floor(b * ratio)) - margin) if long_gap else None
     window = _Window(path, frames, sr_s, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin,
-                     hole)
+                     hole, handles)
     # 12 kHz window on the track's global 12 kHz grid: output k is at time (w0 + k) / 12000.
     if long_gap:
         s12 = np.zeros(w1 - w0, dtype=np.float32)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,38 +99,140 @@ def read_audio(
     return parts[0], sr
 
 
+class KeptHandles:
+    """Open decoders kept between reads of the same files, for formats whose seek from a fresh
+    handle scans the file from its start: MP3 (libsndfile's mpg123). A 7-s read at 95 % of a
+    10-min MP3 takes 22 ms from a fresh handle and 5.7 ms from one that has seeked before; other
+    formats seek as fast fresh, and their handles are closed after each read. mpg123's state
+    after a seek depends on where it seeked from, so a kept handle's samples may differ from a
+    fresh handle's by float32 rounding (at most 6e-8 measured).
+
+    Thread-safe: a handle serves one read at a time (a file read by two threads at once gets a
+    second handle). A handle is reused only while its file's size, mtime and inode are those it
+    was opened on, and at most ``max_open`` are kept (least recently used closed first). After
+    a fork the child starts with none (a handle's file offset is shared with the parent).
+    """
+
+    FORMATS = ("MP3",)  # soundfile's name for libsndfile's MPEG container
+
+    def __init__(self, max_open: int = 32):
+        self.max_open = max_open
+        self._idle: OrderedDict[str, list[tuple[tuple, sf.SoundFile]]] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self, path: str, key: tuple) -> sf.SoundFile | None:
+        """An idle handle of ``path`` opened on stat ``key``, or None."""
+        stale = []
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's handles are not ours
+                self._idle, self._count, self._pid = OrderedDict(), 0, os.getpid()
+            stack = self._idle.get(path, [])
+            found = None
+            while stack and found is None:
+                opened_on, handle = stack.pop()
+                self._count -= 1
+                if opened_on == key:
+                    found = handle
+                else:
+                    stale.append(handle)
+            if not stack:
+                self._idle.pop(path, None)
+        for handle in stale:
+            handle.close()
+        return found
+
+    def give(self, path: str, key: tuple, handle: sf.SoundFile) -> None:
+        """Keep ``handle`` (opened on stat ``key``) for the next read, or close it."""
+        if handle.format not in self.FORMATS or self.max_open < 1:
+            handle.close()
+            return
+        evicted = []
+        with self._lock:
+            if self._pid != os.getpid():
+                evicted.append(handle)
+            else:
+                self._idle.setdefault(path, []).append((key, handle))
+                self._idle.move_to_end(path)
+                self._count += 1
+                while self._count > self.max_open:
+                    oldest, stack = next(iter(self._idle.items()))
+                    evicted.append(stack.pop(0)[1])
+                    self._count -= 1
+                    if not stack:
+                        del self._idle[oldest]
+        for h in evicted:
+            h.close()
+
+    def close(self) -> None:
+        with self._lock:
+            handles = [h for stack in self._idle.values() for _, h in stack]
+            self._idle, self._count = OrderedDict(), 0
+        for h in handles:
+            h.close()
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
 def read_audio_ranges(
     path: str | os.PathLike,
     ranges: list[tuple[int, int | None]],
     *,
     dtype: str = "float64",
+    handles: KeptHandles | None = None,
 ) -> tuple[list[np.ndarray], int, int]:
     """Decode several frame ranges ``[start, stop)`` of one file (``stop=None``: to the end),
     opening it once; returns one ``(frames, channels)`` array per range, the sample rate and
-    the file's length in frames."""
+    the file's length in frames. ``handles`` keeps MP3 decoders open between calls."""
     path = Path(path)
     _check_path(path)
     try:
-        handle = sf.SoundFile(str(path))  # opened once: header and samples (index re-scores read many windows)
-    except Exception as exc:
-        raise _unreadable(path, exc) from None
+        key = _stat_key(path) if handles is not None else ()
+    except OSError as exc:  # gone since the check above
+        raise AudioError(f"{path}: cannot be read ({exc.strerror}); check the path") from None
+    handle = handles.take(str(path), key) if handles is not None else None
+    if handle is None:
+        try:
+            handle = sf.SoundFile(str(path))  # opened once: header and samples (index re-scores read many windows)
+        except Exception as exc:
+            raise _unreadable(path, exc) from None
+    try:
+        parts, sr, frames = _read_ranges(path, handle, ranges, dtype)
+    except BaseException:
+        handle.close()  # a handle that failed mid-read is not kept
+        raise
+    if handles is not None:
+        handles.give(str(path), key, handle)
+    else:
+        handle.close()
+    return parts, sr, frames
+
+
+def _read_ranges(path: Path, handle: sf.SoundFile, ranges: list[tuple[int, int | None]],
+                 dtype: str) -> tuple[list[np.ndarray], int, int]:
     parts = []
-    with handle:
-        frames = int(handle.frames)
-        if frames <= 0:
-            raise AudioError(f"{path}: the file holds no audio samples")
-        sr = int(handle.samplerate)
-        for start, stop in ranges:
-            start = min(max(0, int(start)), frames)
-            stop = frames if stop is None else min(max(start, int(stop)), frames)
-            try:
-                handle.seek(start)
-                data = handle.read(stop - start, dtype=dtype, always_2d=True)
-            except Exception as exc:
-                raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
-            if data.shape[0] == 0 and stop > start:
-                raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
-            parts.append(data)
+    frames = int(handle.frames)
+    if frames <= 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    sr = int(handle.samplerate)
+    for start, stop in ranges:
+        start = min(max(0, int(start)), frames)
+        stop = frames if stop is None else min(max(start, int(stop)), frames)
+        try:
+            handle.seek(start)
+            data = handle.read(stop - start, dtype=dtype, always_2d=True)
+        except Exception as exc:
+            raise AudioError(f"{path}: decoding failed ({_short(exc)}); the file may be damaged") from None
+        if data.shape[0] == 0 and stop > start:
+            raise AudioError(f"{path}: decoding returned no samples; the file may be damaged")
+        parts.append(data)
     return parts, sr, frames
 
 

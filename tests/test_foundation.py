@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from simdps import Gap, GapError, SimDPSError, parse_gap
-from simdps.audio import audio_info, read_audio, read_audio_ranges, resample, to_mono, write_audio_atomic
+from simdps.audio import KeptHandles, audio_info, read_audio, read_audio_ranges, resample, to_mono, write_audio_atomic
 from simdps.gaps import gap_mask, parse_time, validate_gaps
 
 
@@ -93,6 +93,61 @@ def test_several_ranges_of_one_file_read_as_separate_reads_would(tmp_path):
         alone, _ = read_audio(path, start=lo, stop=hi, dtype="float32")
         np.testing.assert_array_equal(part, alone)
     assert np.max(np.abs(parts[1] - x[30_000:41_000])) < 1e-4  # 16-bit quantisation only
+
+
+def _mp3(path, seconds, seed, sr=22_050):
+    x = 0.3 * np.sin(2 * np.pi * np.linspace(220, 880 + 50 * seed, int(seconds * sr)).cumsum() / sr)
+    sf.write(path, np.stack([x, 0.5 * x], axis=1), sr, format="MP3")
+    return path
+
+
+def test_kept_handles_give_the_same_samples_and_are_reused_for_mp3_only(tmp_path):
+    mp3 = _mp3(tmp_path / "a.mp3", 20.0, 0)
+    flac = tmp_path / "a.flac"
+    write_audio_atomic(flac, np.zeros((22_050, 1)) + 0.1, 22_050)
+    handles = KeptHandles(max_open=2)
+    ranges = [(300_000, 330_000), (20_000, 41_000)]
+    fresh, sr, frames = read_audio_ranges(mp3, ranges, dtype="float32")
+    for _ in range(3):  # the same reads through one kept handle, seeking back and forth
+        got, sr2, frames2 = read_audio_ranges(mp3, ranges, dtype="float32", handles=handles)
+        assert (sr2, frames2) == (sr, frames) and len(handles) == 1
+        for a, b in zip(fresh, got):  # mpg123's state after a seek depends on where it came from: ~1 ulp
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    read_audio_ranges(flac, [(0, 100)], handles=handles)
+    assert len(handles) == 1  # FLAC seeks as fast from a fresh handle: not kept
+    for i in range(3):  # at most max_open kept, the least recently used closed first
+        read_audio_ranges(_mp3(tmp_path / f"b{i}.mp3", 2.0, i + 1), [(0, 100)], handles=handles)
+    assert len(handles) == 2
+    handles.close()
+    assert len(handles) == 0
+
+
+def test_a_kept_handle_is_not_used_once_its_file_changed(tmp_path):
+    path = _mp3(tmp_path / "a.mp3", 5.0, 0)
+    handles = KeptHandles()
+    first, _, frames = read_audio_ranges(path, [(1_000, 2_000)], handles=handles)
+    _mp3(tmp_path / "b.mp3", 8.0, 3).replace(path)  # another recording under the same name
+    again, _, frames_now = read_audio_ranges(path, [(1_000, 2_000)], handles=handles)
+    assert frames_now != frames and not np.array_equal(first[0], again[0])
+    np.testing.assert_allclose(again[0], read_audio(path, start=1_000, stop=2_000)[0], rtol=0, atol=1e-6)
+    path.unlink()
+    with pytest.raises(SimDPSError, match="no such file"):
+        read_audio_ranges(path, [(0, 10)], handles=handles)
+
+
+def test_kept_handles_serve_reads_from_several_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    path = _mp3(tmp_path / "a.mp3", 30.0, 0)
+    starts = list(range(0, 600_000, 37_000))
+    want = [read_audio(path, start=a, stop=a + 20_000, dtype="float32")[0] for a in starts]
+    handles = KeptHandles()
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda a: read_audio_ranges(path, [(a, a + 20_000)], dtype="float32",
+                                                           handles=handles)[0][0], starts))
+            for w, g in zip(want, got):
+                np.testing.assert_allclose(w, g, rtol=0, atol=1e-6)
+    assert 1 <= len(handles) <= 4
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

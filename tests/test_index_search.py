@@ -360,3 +360,25 @@ def test_a_gap_at_the_end_of_the_query_finds_its_match_at_the_very_end_of_a_sour
     best = index.search(q, SR, (11.5, 12.0), k=3, include_track=False)[0]
     assert Path(best.path).name == "host.flac"
     assert abs(best.start_sample - truth) <= 1 and best.cost < 0.05
+
+
+def test_mp3_sources_are_read_through_kept_handles_with_the_same_results(tmp_path):
+    """MP3 decoders stay open between re-score windows and queries (a seek from a fresh handle
+    scans the file); the candidates are those of fresh handles, costs equal to rounding."""
+    from simdps.audio import KeptHandles
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = piano_like(12.0, SR, seed=41)
+    host = piano_like(40.0, SR, seed=42)
+    host[20 * SR:30 * SR] = 0.7 * q[1 * SR:11 * SR]  # the query's 5-6 s lie at the host's 24-25 s
+    sf.write(root / "host.mp3", np.stack([host, host], axis=1), SR, format="MP3")
+    sf.write(root / "other.mp3", piano_like(20.0, SR, seed=43), SR, format="MP3")
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    kept = index.search(q, SR, (5.0, 6.0), k=5, include_track=False)
+    assert len(index._handles) >= 1
+    index._handles = KeptHandles(max_open=0)  # every handle closed after its read
+    fresh = index.search(q, SR, (5.0, 6.0), k=5, include_track=False)
+    assert [(c.path, c.start_sample) for c in kept] == [(c.path, c.start_sample) for c in fresh]
+    np.testing.assert_allclose([c.cost for c in kept], [c.cost for c in fresh], rtol=1e-5, atol=1e-6)
+    assert Path(kept[0].path).name == "host.mp3" and abs(kept[0].start_s - 24.0) < 0.002
