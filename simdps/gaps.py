@@ -35,7 +35,12 @@ class Gap:
         return int(round(self.start_s * sample_rate)), int(round(self.end_s * sample_rate))
 
     def __str__(self) -> str:
-        return f"{self.start_s:g}:{self.end_s:g}"
+        return f"{_seconds(self.start_s)}:{_seconds(self.end_s)}"
+
+
+def _seconds(t: float) -> str:
+    """``t`` to the microsecond, without trailing zeros (``:g`` showed 30.00001 as 30)."""
+    return f"{t:.6f}".rstrip("0").rstrip(".")
 
 
 _TIME = re.compile(r"^\s*(?:(\d+):)?(\d+(?:\.\d*)?|\.\d+)\s*$")
