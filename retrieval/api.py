@@ -291,13 +291,14 @@ class Index:
 
         def rescore_job(job) -> list:
             group, (track, bounds) = job
-            path = tracks.path[track]
-            try:
-                return rescore(query, group, path, int(tracks.sample_rate[track]), int(tracks.frames[track]), cfg,
-                               reach12=reach12, bounds=bounds, handles=self._handles)
-            except AudioError as exc:  # deleted, damaged or changed since indexing: left out, reported once
-                skipped.setdefault(path, str(exc))
-                return []
+            for copy in tracks.copies(track):  # a byte-identical copy stands in for a file that is gone
+                path = tracks.path[copy]
+                try:
+                    return rescore(query, group, path, int(tracks.sample_rate[copy]), int(tracks.frames[copy]),
+                                   cfg, reach12=reach12, bounds=bounds, handles=self._handles)
+                except AudioError as exc:  # deleted, damaged or changed since indexing: left out, reported once
+                    skipped.setdefault(path, str(exc))
+            return []
 
         hits: list = []  # (FrameHit, key) of every re-scored start
         best: list = []  # best_distinct(hits), kept up to date after each round

@@ -47,6 +47,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,20 @@ class TrackTable:
         m = ids - self.first_row[i]
         ok &= m < self.n_positions[i]
         return np.where(ok, i, -1), np.where(ok, m, -1)
+
+    @cached_property
+    def canonical(self) -> np.ndarray:
+        """Per track, the first track of this table with the same content hash (itself if none).
+
+        Byte-identical copies (one file in two folders, a symlink) hold the same vectors at the
+        same rows past their ``first_row``: the search maps their hits onto the first copy, so
+        a match is re-scored and returned once instead of once per copy."""
+        first: dict[str, int] = {}
+        return np.array([first.setdefault(h, i) for i, h in enumerate(self.content_hash)], dtype=np.int64)
+
+    def copies(self, i: int) -> list[int]:
+        """Track ``i`` and then every other track with its content (for a copy gone since indexing)."""
+        return [i] + [j for j in np.flatnonzero(self.canonical == self.canonical[i]).tolist() if j != i]
 
     def __len__(self) -> int:
         return len(self.track_id)
@@ -237,7 +252,8 @@ def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
     A candidate's approximate cost is ``D_pre + D_post``; a side without a hit is bounded
     below by the largest distance FAISS returned for that side (for IVF this holds within
     the probed lists, which is why :func:`ann_k` keeps the result lists short of exhausting
-    them). Yields the best ``limit``, best first.
+    them). Hits in byte-identical copies of a file count as the first copy's
+    (:attr:`TrackTable.canonical`). Yields the best ``limit``, best first.
     """
     floor = {"pre": 0.0, "post": 0.0}
     keys, sides, dists = [], [], []
@@ -247,6 +263,7 @@ def merge_hits(tracks: TrackTable, ann: AnnQuery, coarse_hop: int,
         dist, ids = hits
         track, m = tracks.locate(ids)
         ok = track >= 0
+        track = np.where(ok, tracks.canonical[np.where(ok, track, 0)], -1)  # copies: one candidate
         if ok.any():
             floor[side] = float(dist[ok].max())
         # candidate key: (track, widened start p); a post hit at q is the candidate p = q - span

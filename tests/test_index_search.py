@@ -125,19 +125,20 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     host = piano_like(30.0, SR, seed=50)
     host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
     sf.write(root / "host.flac", host, SR)
-    sf.write(root / "echo.flac", host, SR)  # a second copy: the passage stays findable
+    # A byte-identical copy: returned once (as host.flac, the first), it stands in once host.flac is gone.
+    (root / "later.flac").write_bytes((root / "host.flac").read_bytes())
     for i in range(2):
         sf.write(root / f"o{i}.flac", piano_like(25.0, SR, seed=60 + i), SR)
     index = Index.build(root, tmp_path / "idx", config=SMALL)
     gap = (GAP_START_S, GAP_START_S + 1.0)
-    assert {Path(c.path).name for c in index.search(q, SR, gap, k=2, include_track=False)} == {"host.flac",
-                                                                                               "echo.flac"}
+    first = index.search(q, SR, gap, k=2, include_track=False)
+    assert Path(first[0].path).name == "host.flac" and all(Path(c.path).name != "later.flac" for c in first)
     (root / "host.flac").unlink()
     sf.write(root / "o0.flac", piano_like(25.0, 16_000, seed=60), 16_000)  # another rate than indexed
     with pytest.warns(SimDPSWarning, match="host.flac|o0.flac") as caught:
         found = index.search(q, SR, gap, k=5, include_track=False)
     assert "simdps-index build" in str(caught[0].message)
-    assert found[0].cost < 0.05 and Path(found[0].path).name == "echo.flac"
+    assert found[0].cost < 0.05 and Path(found[0].path).name == "later.flac"
     assert all(Path(c.path).name not in ("host.flac", "o0.flac") for c in found)
     with warnings.catch_warnings(record=True) as others:
         warnings.simplefilter("always")
@@ -151,7 +152,7 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     sf.write(query, q, SR)
     main(["query", str(query), "--gap", "9:10", "--index", str(tmp_path / "idx"), "--no-track", "--json"])
     out = capsys.readouterr()
-    assert Path(json.loads(out.out)["candidates"][0]["path"]).name == "echo.flac"
+    assert Path(json.loads(out.out)["candidates"][0]["path"]).name == "later.flac"
     assert "note: " in out.err and "could not be read" in out.err and "simdps-index build" in out.err
 
 
@@ -382,3 +383,24 @@ def test_mp3_sources_are_read_through_kept_handles_with_the_same_results(tmp_pat
     assert [(c.path, c.start_sample) for c in kept] == [(c.path, c.start_sample) for c in fresh]
     np.testing.assert_allclose([c.cost for c in kept], [c.cost for c in fresh], rtol=1e-5, atol=1e-6)
     assert Path(kept[0].path).name == "host.mp3" and abs(kept[0].start_s - 24.0) < 0.002
+
+
+def test_byte_identical_copies_in_the_corpus_are_searched_and_returned_once(tmp_path):
+    """A file in two folders (and a symlink to it) holds the same vectors three times; its
+    matches come back once, from the first copy, leaving room for other candidates."""
+    root = tmp_path / "corpus"
+    (root / "b").mkdir(parents=True)
+    q = piano_like(20.0, SR, seed=51)
+    host = piano_like(30.0, SR, seed=52)
+    host[5 * SR:20 * SR] = 0.8 * q[2 * SR:17 * SR]  # the query's 10-11 s lie at the host's 13-14 s
+    sf.write(root / "a.flac", host, SR)
+    (root / "b" / "a copy.flac").write_bytes((root / "a.flac").read_bytes())
+    (root / "link.flac").symlink_to(root / "a.flac")
+    sf.write(root / "other.flac", piano_like(20.0, SR, seed=53), SR)
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    assert len(index.tracks) == 4 and len(set(index.tracks.content_hash)) == 2
+    cands = index.search(q, SR, (10.0, 11.0), k=6, include_track=False)
+    assert Path(cands[0].path).name == "a.flac" and abs(cands[0].start_s - 13.0) < 1e-3
+    assert {Path(c.path).name for c in cands} <= {"a.flac", "other.flac"}
+    starts = sorted(c.start_sample for c in cands if Path(c.path).name == "a.flac")
+    assert all(b - a > CFG.coarse_hop * SR / CFG.sample_rate for a, b in zip(starts, starts[1:]))
