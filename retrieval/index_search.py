@@ -114,13 +114,15 @@ class TrackTable:
 
     @cached_property
     def canonical(self) -> np.ndarray:
-        """Per track, the first track of this table with the same content hash (itself if none).
+        """Per track, the track with the same content hash whose path sorts first (itself if none).
 
         Byte-identical copies (one file in two folders, a symlink) hold the same vectors at the
         same rows past their ``first_row``: the search maps their hits onto the first copy, so
         a match is re-scored and returned once instead of once per copy."""
         first: dict[str, int] = {}
-        return np.array([first.setdefault(h, i) for i, h in enumerate(self.content_hash)], dtype=np.int64)
+        for i in sorted(range(len(self.path)), key=self.path.__getitem__):
+            first.setdefault(self.content_hash[i], i)
+        return np.array([first[h] for h in self.content_hash], dtype=np.int64)
 
     def copies(self, i: int) -> list[int]:
         """Track ``i`` and then every other track with its content (for a copy gone since indexing)."""
