@@ -288,16 +288,22 @@ class Index:
             return best
 
         skipped: dict[str, str] = {}  # indexed file -> why it could not be read
+        stood_in: set[str] = set()  # ... of those, files whose byte-identical copy was read instead
 
         def rescore_job(job) -> list:
             group, (track, bounds) = job
+            failed = []
             for copy in tracks.copies(track):  # a byte-identical copy stands in for a file that is gone
                 path = tracks.path[copy]
                 try:
-                    return rescore(query, group, path, int(tracks.sample_rate[copy]), int(tracks.frames[copy]),
-                                   cfg, reach12=reach12, bounds=bounds, handles=self._handles)
-                except AudioError as exc:  # deleted, damaged or changed since indexing: left out, reported once
+                    found = rescore(query, group, path, int(tracks.sample_rate[copy]), int(tracks.frames[copy]),
+                                    cfg, reach12=reach12, bounds=bounds, handles=self._handles)
+                except AudioError as exc:  # deleted, damaged or changed since indexing: reported once
                     skipped.setdefault(path, str(exc))
+                    failed.append(path)
+                    continue
+                stood_in.update(failed)
+                return found
             return []
 
         hits: list = []  # (FrameHit, key) of every re-scored start
@@ -331,8 +337,13 @@ class Index:
         if skipped:
             why = next(iter(skipped.values()))
             more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-            warnings.warn(f"{len(skipped)} indexed file(s) could not be read and were left out of this search "
-                          f"({why}{more}); run `simdps-index build` on the corpus to bring the index up to date",
+            copied = len(stood_in & set(skipped))
+            fate = ("left out of this search" if not copied else
+                    "searched through a byte-identical copy instead" if copied == len(skipped) else
+                    f"{len(skipped) - copied} left out of this search, {copied} searched through a "
+                    "byte-identical copy instead")
+            warnings.warn(f"{len(skipped)} indexed file(s) could not be read ({why}{more}): {fate}; "
+                          "run `simdps-index build` on the corpus to bring the index up to date",
                           SimDPSWarning, stacklevel=3)
         return out
 

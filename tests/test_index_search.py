@@ -138,6 +138,8 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     with pytest.warns(SimDPSWarning, match="host.flac|o0.flac") as caught:
         found = index.search(q, SR, gap, k=5, include_track=False)
     assert "simdps-index build" in str(caught[0].message)
+    # host.flac's content was searched through its copy; o0.flac's was not
+    assert "1 left out of this search, 1 searched through a byte-identical copy" in str(caught[0].message)
     assert found[0].cost < 0.05 and Path(found[0].path).name == "later.flac"
     assert all(Path(c.path).name not in ("host.flac", "o0.flac") for c in found)
     with warnings.catch_warnings(record=True) as others:
