@@ -484,9 +484,7 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
     # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it
     # (a whole hop towards a limit the next grid start would have crossed).
     coarse = int(round(hit.start12 * ratio)) - window.lo
-    half_width, bounds = refine_window(coarse, refine_half_width(cfg.hop_length, sr_s, cfg),
-                                       refine_half_width(2 * cfg.hop_length, sr_s, cfg),
-                                       (lo - window.lo, hi - window.lo))
+    half_width, bounds = refine_window(coarse, (lo - window.lo, hi - window.lo), sr_s, cfg)
     refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s, coarse,
                            half_width, cfg, bounds=bounds)
     start = refined.start_sample + window.lo

@@ -67,16 +67,19 @@ def refine_half_width(coarse_hop_12k: int, sr_source: int, cfg: SearchConfig = S
     return int(math.ceil(coarse_hop_12k / 2 * sr_source / cfg.sample_rate)) + 1
 
 
-def refine_window(coarse: int, half_width: int, hop_width: int,
-                  bounds: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
-    """``(half_width, bounds)`` for :func:`refine_start` around a start found on the frame grid.
+def refine_window(coarse: int, bounds: tuple[int, int] | None, sr_source: int,
+                  cfg: SearchConfig = SearchConfig()) -> tuple[int, tuple[int, int] | None]:
+    """``(half_width, bounds)`` for :func:`refine_start` around a start found on the frame grid
+    (``coarse`` and ``bounds`` in samples at ``sr_source``).
 
-    Offsets stay within ``+-half_width`` (half a frame hop), except towards a limit of
-    ``bounds`` closer than ``hop_width`` (one hop at the source's rate): the grid start beyond
-    that limit was never scored (its segment would leave the source or enter an excluded
-    stretch), so the best start may lie up to a whole hop away, and the window reaches the
-    limit. Example: a gap running to the end of the query matched at the very end of a source.
+    Offsets stay within half a frame hop (:func:`refine_half_width`), except towards a limit
+    of ``bounds`` closer than one hop: the grid start beyond that limit was never scored (its
+    segment would leave the source or enter an excluded stretch), so the best start may lie
+    up to a whole hop away, and the window reaches the limit. Example: a gap running to the
+    end of the query matched at the very end of a source.
     """
+    half_width = refine_half_width(cfg.hop_length, sr_source, cfg)
+    hop_width = refine_half_width(2 * cfg.hop_length, sr_source, cfg)
     if bounds is None:
         return half_width, None
     lo, hi = bounds

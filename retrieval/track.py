@@ -34,7 +34,7 @@ from simdps.gaps import Gap, validate_gaps
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.cost import CandidateCosts, costs_at, grid_costs, query_context
 from simdps.retrieval.features import search_signal
-from simdps.retrieval.refine import refine_half_width, refine_start, refine_window
+from simdps.retrieval.refine import refine_start, refine_window
 
 __all__ = ["search_track"]
 
@@ -148,8 +148,6 @@ def search_track(
 
     # eq. 11 at the native rate, offsets within half a coarse (frame) hop (a whole hop towards
     # a limit the next grid start would have crossed).
-    half_width = refine_half_width(cfg.hop_length, sr, cfg)
-    hop_width = refine_half_width(2 * cfg.hop_length, sr, cfg)
     length = gap_end - gap_start
     context = int(round(cfg.context_s * sr))
     refined_starts: list[int] = []
@@ -160,7 +158,7 @@ def search_track(
             bounds = (0, gap_start - context - length)
         else:
             bounds = (gap_end + context, len(x) - length)
-        width, bounds = refine_window(coarse, half_width, hop_width, bounds)
+        width, bounds = refine_window(coarse, bounds, sr, cfg)
         refined = refine_start(x, sr, gap_start, gap_end, x, sr, coarse, width, cfg, bounds=bounds)
         if refined.start_sample not in refined_starts:  # two coarse starts can refine to one sample
             refined_starts.append(refined.start_sample)

@@ -95,11 +95,12 @@ def test_file_backed_extract_matches_in_memory(make_wav):
 
 
 def test_refine_window_reaches_a_whole_hop_towards_a_near_limit_only():
-    assert refine_window(5_000, 237, 472, None) == (237, None)
-    assert refine_window(5_000, 237, 472, (0, 90_000)) == (237, (4_763, 5_237))  # far from both limits
-    assert refine_window(5_000, 237, 472, (0, 5_300)) == (472, (4_763, 5_300))  # the next grid start left the source
-    assert refine_window(5_000, 237, 472, (4_800, 90_000)) == (472, (4_800, 5_237))  # ... or entered an excluded stretch
-    assert refine_window(5_000, 237, 472, (0, 4_000)) == (237, (0, 4_000))  # far outside: refine_start clamps
+    assert (refine_half_width(256, 22_050), refine_half_width(512, 22_050)) == (237, 472)  # half / whole hop
+    assert refine_window(5_000, None, 22_050) == (237, None)
+    assert refine_window(5_000, (0, 90_000), 22_050) == (237, (4_763, 5_237))  # far from both limits
+    assert refine_window(5_000, (0, 5_300), 22_050) == (472, (4_763, 5_300))  # the next grid start left the source
+    assert refine_window(5_000, (4_800, 90_000), 22_050) == (472, (4_800, 5_237))  # ... or entered an excluded stretch
+    assert refine_window(5_000, (0, 4_000), 22_050) == (237, (0, 4_000))  # far outside: refine_start clamps
 
 
 def test_a_start_up_to_a_hop_above_the_last_grid_start_is_reached_at_a_limit():
@@ -112,7 +113,7 @@ def test_a_start_up_to_a_hop_above_the_last_grid_start_is_reached_at_a_limit():
     coarse = truth - 200  # the last grid start whose segment fits (the next, at +56, would overrun)
     bounds = (0, len(source) - (ge - gs))
     assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, 129, bounds=bounds).start_sample != truth
-    width, near = refine_window(coarse, 129, 257, bounds)
+    width, near = refine_window(coarse, bounds, 12_000)
     assert refine_start(y, 12_000, gs, ge, source, 12_000, coarse, width, bounds=near).start_sample == truth
 
 

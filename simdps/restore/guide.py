@@ -289,7 +289,7 @@ def search_guide_file(mono: np.ndarray, sr: int, gap: tuple[int, int], source: n
     """
     from simdps.retrieval.cost import costs_at, grid_costs
     from simdps.retrieval.features import search_signal
-    from simdps.retrieval.refine import refine_half_width, refine_start, refine_window
+    from simdps.retrieval.refine import refine_start, refine_window
 
     query = _query(search_signal(mono, sr, cfg) if y12 is None else y12, sr, gap, cfg)
     src_mono = to_mono(np.asarray(source, dtype=np.float64))
@@ -308,13 +308,11 @@ def search_guide_file(mono: np.ndarray, sr: int, gap: tuple[int, int], source: n
             taken.append(int(i))
             if len(taken) == k:
                 break
-    half_width = refine_half_width(cfg.hop_length, source_sr, cfg)
-    hop_width = refine_half_width(2 * cfg.hop_length, source_sr, cfg)
     length = int(round((gap[1] - gap[0]) * source_sr / sr))
     starts: list[int] = []
     for i in taken:
         coarse = int(round(int(costs.starts[i]) * source_sr / rate))
-        width, bounds = refine_window(coarse, half_width, hop_width, (0, max(0, len(src_mono) - length)))
+        width, bounds = refine_window(coarse, (0, max(0, len(src_mono) - length)), source_sr, cfg)
         ref = refine_start(mono, sr, gap[0], gap[1], src_mono, source_sr, coarse, width, cfg, bounds=bounds)
         if ref.start_sample not in starts:
             starts.append(ref.start_sample)
