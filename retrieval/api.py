@@ -337,7 +337,7 @@ class Index:
         if skipped:
             why = next(iter(skipped.values()))
             more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-            copied = len(stood_in & set(skipped))
+            copied = len(stood_in)  # a subset of skipped
             fate = ("left out of this search" if not copied else
                     "searched through a byte-identical copy instead" if copied == len(skipped) else
                     f"{len(skipped) - copied} left out of this search, {copied} searched through a "

@@ -124,9 +124,17 @@ class TrackTable:
             first.setdefault(self.content_hash[i], i)
         return np.array([first[h] for h in self.content_hash], dtype=np.int64)
 
+    @cached_property
+    def _copy_groups(self) -> dict[int, list[int]]:
+        """Canonical track -> its byte-identical copies (itself first), for content held more than once."""
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(self.canonical.tolist()):
+            groups.setdefault(c, []).append(i)
+        return {c: sorted(g, key=lambda j: j != c) for c, g in groups.items() if len(g) > 1}
+
     def copies(self, i: int) -> list[int]:
         """Track ``i`` and then every other track with its content (for a copy gone since indexing)."""
-        return [i] + [j for j in np.flatnonzero(self.canonical == self.canonical[i]).tolist() if j != i]
+        return [i] + [j for j in self._copy_groups.get(int(self.canonical[i]), ()) if j != i]
 
     def __len__(self) -> int:
         return len(self.track_id)
