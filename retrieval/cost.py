@@ -206,6 +206,7 @@ def costs_at(query: QueryContext, s12k: np.ndarray, starts, cfg: SearchConfig = 
     return CandidateCosts(starts, total, stft, chroma)
 
 
+_GRID_BLOCK = 1 << 14  # starts per block of a long grid_costs call (~5.8 min of 12 kHz audio, ~100 MB)
 _STRIDED_MAX = 1 << 18  # (candidates x frames) summed through strided views (an index re-score window)
 
 
@@ -283,6 +284,21 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
     if count == 0:
         empty = np.zeros(0)
         return CandidateCosts(starts, empty, empty, empty)
+
+    if count > _GRID_BLOCK and features_pre is None and features_post is None:
+        # A long signal (a whole track) in blocks of starts, each from just the samples its
+        # contexts read: the same frames and sums, at a memory bounded by the block, not the track.
+        # A block's slice begins a multiple of hop before its first start, so its frame grids are
+        # the whole signal's.
+        blocks = []
+        for m0 in range(m_first, m_last + 1, _GRID_BLOCK):
+            first = int(starts[m0 - m_first])
+            last = int(starts[min(m0 + _GRID_BLOCK, m_last + 1) - 1 - m_first])
+            lo = first - m_first * hop
+            part = grid_costs(query, s12k[lo:last + length + query.post_extent], cfg)
+            blocks.append(CandidateCosts(part.starts + lo, part.total, part.stft, part.chroma))
+        return CandidateCosts(*(np.concatenate([getattr(b, f) for b in blocks])
+                                for f in ("starts", "total", "stft", "chroma")))
 
     phase_pre, phase_post = (-n_fft) % hop, length % hop
     # Edge frames of candidate m = m_first: pre frame 0 ends at t_hat, post frame 0 starts at t_hat + L.

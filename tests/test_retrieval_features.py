@@ -140,6 +140,26 @@ def test_strided_and_per_frame_sums_agree(signals, monkeypatch):
         np.testing.assert_allclose(strided.chroma, looped.chroma, rtol=1e-12, atol=1e-12)
 
 
+def test_a_long_signal_is_costed_in_blocks_with_the_same_result(signals, monkeypatch):
+    """grid_costs over a whole track works through blocks of starts (bounded memory); blocks of
+    50 starts give the costs of one pass over every start."""
+    import simdps.retrieval.cost as cost
+
+    y, s = signals
+    monkeypatch.setattr(cost, "_STRIDED_MAX", 0)  # the same frame-by-frame sums in both
+    for gs, ge in ((150_000, 150_000 + 15_999), (140_003, 140_003 + 6_001), (6_000, 18_000)):
+        query = query_context(y, gs, ge, CFG)
+        monkeypatch.setattr(cost, "_GRID_BLOCK", 1 << 40)
+        whole = grid_costs(query, s, CFG)
+        monkeypatch.setattr(cost, "_GRID_BLOCK", 50)
+        blocked = grid_costs(query, s, CFG)
+        assert len(whole) > 200
+        np.testing.assert_array_equal(blocked.starts, whole.starts)
+        # (float32 products over fewer rows may round differently: the features' precision)
+        np.testing.assert_allclose(blocked.stft, whole.stft, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(blocked.chroma, whole.chroma, rtol=1e-6, atol=1e-9)
+
+
 def test_edge_gap_uses_only_the_context_that_exists(signals):
     y, _ = signals
     query = query_context(y, 6_000, 18_000, CFG)  # 0.5 s of audio before the gap
