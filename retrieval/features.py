@@ -104,8 +104,11 @@ class ContextBlock:
 
 
 def search_signal(x: np.ndarray, sr: int, cfg: SearchConfig = SearchConfig()) -> np.ndarray:
-    """Mono float32 at ``cfg.sample_rate`` from ``(n,)`` or ``(n, channels)`` audio at ``sr`` (sec. 4.3)."""
-    mono = to_mono(np.asarray(x, dtype=np.float64))
+    """Mono float32 at ``cfg.sample_rate`` from ``(n,)`` or ``(n, channels)`` audio at ``sr`` (sec. 4.3).
+
+    float32 audio is resampled in float32 (as the index build does), anything else in float64."""
+    x = np.asarray(x)
+    mono = to_mono(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64))
     return np.ascontiguousarray(resample(mono, int(sr), cfg.sample_rate), dtype=np.float32)
 
 

@@ -138,8 +138,8 @@ def refine_start(
     """
     if cfg.refine_mode not in _MODES:
         raise ValueError(f"refine_mode must be one of {_MODES}, got {cfg.refine_mode!r}")
-    y = np.asarray(y, dtype=np.float64)
-    s = np.asarray(s)  # only the spans read below are converted to float64 (read_window)
+    y = np.asarray(y)  # only the spans read below are converted to float64 (read_window):
+    s = np.asarray(s)  # a float32 track is not copied whole for a few hundred samples
     length = int(round((gap_end - gap_start) * sr_s / sr_y))  # gap length at the source rate
     offsets = np.arange(-half_width, half_width + 1)
     if bounds is not None:

@@ -114,3 +114,19 @@ def test_extract_returns_the_planted_passage():
     n = int(round(1.3 * sr))
     assert np.allclose(best.extract(n), x[truth:truth + n], atol=1e-6)
     assert best.extract(n).dtype == np.float32
+
+
+def test_a_float32_track_is_searched_in_float32_and_in_blocks(monkeypatch):
+    """A float32 track (how the CLI reads one) is not copied to float64, and a long track is
+    costed in blocks of starts: the planted repetition is found at the same sample, at the
+    float64 search's costs to float32 precision."""
+    import simdps.retrieval.cost as cost
+
+    x, gap, truth = planted(22_050, 1.3)
+    ref = search_track(x, 22_050, gap, k=3)
+    monkeypatch.setattr(cost, "_GRID_BLOCK", 97)  # several blocks on each side of the gap
+    got = search_track(x.astype(np.float32), 22_050, gap, k=3)
+    assert abs(got[0].start_sample - truth) <= 1 and got[0].cost < 0.05
+    assert [c.start_sample for c in got] == [c.start_sample for c in ref]
+    np.testing.assert_allclose([c.cost for c in got], [c.cost for c in ref], rtol=1e-4, atol=1e-5)
+    assert got[0].audio.dtype == np.float32
