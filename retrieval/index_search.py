@@ -144,49 +144,61 @@ class TrackTable:
 class Query:
     """A query gap prepared for eq. 10: native mono audio and its 12 kHz search signal."""
 
-    audio: np.ndarray  # mono float64 at sr
+    audio: np.ndarray  # mono float64 at sr: the track's samples [offset, offset + len) around the gap
     sr: int
     gap: Gap
-    gap_start: int  # native samples, end exclusive
+    gap_start: int  # native samples in the track, end exclusive
     gap_end: int
     y12: np.ndarray  # each side's context (Lc + 1 s) resampled apart; zeros inside the gap
     gs12: int
     ge12: int
     context: QueryContext
+    offset: int = 0  # track sample at audio[0]
+    n_frames: int = -1  # the whole track's length in samples (-1: len(audio))
 
     @property
     def length12(self) -> int:
         return self.ge12 - self.gs12
 
+    @property
+    def track_frames(self) -> int:
+        return len(self.audio) if self.n_frames < 0 else self.n_frames
+
 
 def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchConfig(),
                   *, what: str = "the query track") -> Query:
-    """Validate ``gap`` against the recording and build its eq. 10 context (as track search does)."""
-    x = to_mono(np.asarray(audio, dtype=np.float64))
-    if x.ndim != 1 or x.size == 0:
+    """Validate ``gap`` against the recording and build its eq. 10 context (as track search does).
+
+    Only the context eq. 10 and eq. 11 read, ``Lc`` plus a second beside each gap edge, is
+    mixed to mono, converted to float64 and checked: a long track costs no more than a short one.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2) or audio.size == 0:
         raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
+    n = audio.shape[0]
     sr = int(sr)
     if not isinstance(gap, Gap):
         try:
             gap = Gap(float(gap[0]), float(gap[1]))
         except (TypeError, ValueError, IndexError):
             raise GapError(f"gap must be (start_s, end_s) in seconds, got {gap!r}") from None
-    gap = validate_gaps([gap], len(x) / sr, what=what)[0]
+    gap = validate_gaps([gap], n / sr, what=what)[0]
     gap_start, gap_end = gap.to_samples(sr)
-    gap_end = min(gap_end, len(x))
+    gap_end = min(gap_end, n)
     if gap_end <= gap_start:
         raise GapError(f"gap {gap} is shorter than one sample at {sr} Hz; give a longer gap")
-    check_finite(x[:gap_start], what)  # the gap itself may hold anything
-    check_finite(x[gap_end:], what)
     # Each side resampled on its own so the gap's samples never leak into its context, and
-    # only the context eq. 10 reads plus a second of margin (a long track costs no more). The
-    # pre side is cut at a multiple of the rates' common step, so its 12 kHz samples fall
-    # exactly where the whole side's would.
+    # only the context eq. 10 reads plus a second of margin. The pre side is cut at a multiple
+    # of the rates' common step, so its 12 kHz samples fall exactly where the whole side's would.
     step = sr // math.gcd(sr, cfg.sample_rate)
     keep = int(math.ceil((cfg.context_s + 1.0) * sr))
     first = max(0, (gap_start - keep) // step * step)
-    before = search_signal(x[first:gap_start], sr, cfg) if gap_start else np.zeros(0, np.float32)
-    after = search_signal(x[gap_end:gap_end + keep], sr, cfg) if gap_end < len(x) else np.zeros(0, np.float32)
+    last = min(n, gap_end + keep)
+    x = to_mono(np.asarray(audio[first:last], dtype=np.float64))
+    check_finite(x[:gap_start - first], what)  # the gap itself may hold anything
+    check_finite(x[gap_end - first:], what)
+    before = search_signal(x[:gap_start - first], sr, cfg) if gap_start else np.zeros(0, np.float32)
+    after = search_signal(x[gap_end - first:], sr, cfg) if gap_end < n else np.zeros(0, np.float32)
     gs12 = len(before)
     ge12 = gs12 + max(1, int(round((gap_end - gap_start) * cfg.sample_rate / sr)))
     y12 = np.concatenate([before, np.zeros(ge12 - gs12, np.float32), after])
@@ -194,7 +206,7 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
     if context.pre_extent == 0 and context.post_extent == 0:
         raise GapError(f"gap {gap} leaves under {cfg.n_fft / cfg.sample_rate:.3f} s of audio on both "
                        "sides, so there is no context to match; use a longer recording")
-    return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context)
+    return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context, offset=first, n_frames=n)
 
 
 @dataclass(frozen=True)
@@ -493,8 +505,8 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
     # (a whole hop towards a limit the next grid start would have crossed).
     coarse = int(round(hit.start12 * ratio)) - window.lo
     half_width, bounds = refine_window(coarse, (lo - window.lo, hi - window.lo), sr_s, cfg)
-    refined = refine_start(query.audio, query.sr, query.gap_start, query.gap_end, window.data, sr_s, coarse,
-                           half_width, cfg, bounds=bounds)
+    refined = refine_start(query.audio, query.sr, query.gap_start - query.offset, query.gap_end - query.offset,
+                           window.data, sr_s, coarse, half_width, cfg, bounds=bounds)
     start = refined.start_sample + window.lo
     final = costs_at(query.context, hit.s12, [int(round(start / ratio)) - hit.w0], cfg)
     return Candidate(hit.path, start / sr_s, start, sr_s, *astuple(final.parts(0)), source="index")
@@ -519,15 +531,15 @@ def is_query_track(tracks: TrackTable, i: int, query: Query, query_path: str | N
             return True
         if query_hash is not None and tracks.content_hash[i] == query_hash:
             return True
-    if int(tracks.sample_rate[i]) != query.sr or int(tracks.frames[i]) != len(query.audio):
+    if int(tracks.sample_rate[i]) != query.sr or int(tracks.frames[i]) != query.track_frames:
         return False
-    n = min(query.sr, max(query.gap_start, len(query.audio) - query.gap_end))
+    n = min(query.sr, max(query.gap_start, query.track_frames - query.gap_end))
     lo = query.gap_start - n if query.gap_start >= n else query.gap_end
     try:
         data, _ = read_audio(tracks.path[i], start=lo, stop=lo + n, dtype="float64")
     except SimDPSError:
         return False
-    ref = query.audio[lo:lo + n]
+    ref = query.audio[lo - query.offset:lo - query.offset + n]
     return bool(np.max(np.abs(to_mono(data) - ref)) <= 1e-4 * max(1e-9, float(np.max(np.abs(ref)))) + 1e-7)
 
 

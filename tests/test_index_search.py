@@ -225,6 +225,35 @@ def test_the_adaptive_extension_rescores_more_windows_only_while_estimates_are_c
         SearchParams(max_rescore=0)
 
 
+def test_a_long_query_track_costs_only_the_context_around_its_gap(planted):
+    """The corpus search reads Lc plus a second beside each gap edge: a 10-min float32 stereo
+    query is not converted or copied whole, and damage far from the gap does not matter to it
+    (the in-track search, which reads the whole track, still refuses it)."""
+    import tracemalloc
+
+    index, q, _, _ = planted
+    track = np.tile(np.stack([q, 0.5 * q], axis=1).astype(np.float32), (25, 1))  # 10 min, 42 MB
+    track[int(500 * SR)] = np.nan
+    tile = len(q) / SR
+    gap = (10 * tile + GAP_START_S, 10 * tile + GAP_START_S + 1.0)
+    tracemalloc.start()
+    try:
+        query = prepare_query(track, SR, gap, CFG)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.1 * track.nbytes  # the crop, in float64 mono: ~2 MB
+    assert query.track_frames == len(track) and query.offset > 0
+    cands = index.search(track, SR, gap, k=5, include_track=False)
+    # the same query cut to 30 s around its gap gives the same candidates and costs
+    lo = int(round(10 * tile * SR))
+    cut = index.search(track[lo:lo + int(30 * SR)], SR, (GAP_START_S, GAP_START_S + 1.0), k=5, include_track=False)
+    assert [(c.path, c.start_sample) for c in cands] == [(c.path, c.start_sample) for c in cut]
+    np.testing.assert_allclose([c.cost for c in cands], [c.cost for c in cut], rtol=1e-9)
+    with pytest.raises(SimDPSError, match="NaN|non-finite|finite"):
+        index.search(track, SR, gap, k=5)
+
+
 def _overlaps_gap_context(c, gap):
     lo, hi = gap[0] - CFG.context_s, gap[1] + CFG.context_s
     return c.start_s < hi and c.start_s + (gap[1] - gap[0]) > lo
