@@ -111,12 +111,14 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
 def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, max_rescore, rescore_margin, k_ann,
           n_complete, nprobe, threads):
     """Best segments to fill GAP of TRACK, from the index (and TRACK itself)."""
-    from simdps.audio import read_audio
+    from simdps.audio import read_audio_mono
     from simdps.errors import collect_notes
     from simdps.retrieval.api import Index
     from simdps.retrieval.index_search import SearchParams
 
-    audio, sr = read_audio(track)
+    # The search mixes to mono anyway: decoding straight to a float32 mix keeps a long track's
+    # memory at a quarter of its float64 stereo frames.
+    audio, sr = read_audio_mono(track)
     index = Index.open(index_dir, db_url=db_url)
     defaults = SearchParams()
     params = SearchParams(k_ann=k_ann or defaults.k_ann, n_rescore=n_rescore or defaults.n_rescore,

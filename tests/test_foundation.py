@@ -9,7 +9,16 @@ import pytest
 import soundfile as sf
 
 from simdps import Gap, GapError, SimDPSError, parse_gap
-from simdps.audio import KeptHandles, audio_info, read_audio, read_audio_ranges, resample, to_mono, write_audio_atomic
+from simdps.audio import (
+    KeptHandles,
+    audio_info,
+    read_audio,
+    read_audio_mono,
+    read_audio_ranges,
+    resample,
+    to_mono,
+    write_audio_atomic,
+)
 from simdps.gaps import gap_mask, parse_time, validate_gaps
 
 
@@ -93,6 +102,29 @@ def test_several_ranges_of_one_file_read_as_separate_reads_would(tmp_path):
         alone, _ = read_audio(path, start=lo, stop=hi, dtype="float32")
         np.testing.assert_array_equal(part, alone)
     assert np.max(np.abs(parts[1] - x[30_000:41_000])) < 1e-4  # 16-bit quantisation only
+
+
+def test_a_file_is_read_as_its_mono_mix_block_by_block(tmp_path, monkeypatch):
+    import simdps.audio as audio
+
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (50_001, 2))
+    path = tmp_path / "s.flac"
+    write_audio_atomic(path, x, 22_050, subtype="PCM_24")
+    whole, sr = read_audio(path, dtype="float64")
+    monkeypatch.setattr(audio, "_MONO_BLOCK", 4_096)  # 13 blocks, the last a partial one
+    mono, sr_mono = read_audio_mono(path)
+    assert sr_mono == sr == 22_050 and mono.dtype == np.float32 and mono.shape == (50_001,)
+    np.testing.assert_allclose(mono, whole.mean(axis=1), rtol=0, atol=1e-7)
+    mono64, _ = read_audio_mono(path, dtype="float64")
+    np.testing.assert_array_equal(mono64, to_mono(whole))  # float64: the same mix to the bit
+    at12k, sr12 = read_audio_mono(path, 12_000)
+    assert sr12 == 12_000 and len(at12k) == pytest.approx(50_001 * 12_000 / 22_050, abs=1)
+    with pytest.raises(SimDPSError, match="not a readable audio file"):
+        bad = tmp_path / "bad.wav"
+        bad.write_bytes(b"RIFF nonsense")
+        read_audio_mono(bad)
+    with pytest.raises(SimDPSError, match="no such file"):
+        read_audio_mono(tmp_path / "missing.flac")
 
 
 def _mp3(path, seconds, seed, sr=22_050):
