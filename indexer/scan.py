@@ -1,7 +1,9 @@
 """Walking a corpus folder: which files are audio, and which changed since the last build.
 
 A file is a candidate when its extension is one libsndfile (through soundfile) decodes;
-anything else (cover art, cue sheets, notes) is ignored quietly and only counted. Hidden
+anything else (cover art, cue sheets, notes) is ignored quietly and only counted. A link
+to an audio file whose target is gone is a candidate too, so that the build reports it as
+failed rather than counting it with the cover art. Hidden
 files and folders (a leading dot) and the index folder itself are skipped; linked folders
 are followed (each real folder once). A file whose
 size and modification time match its catalog row is unchanged without being read; a file
@@ -69,10 +71,13 @@ def scan_corpus(root: str | Path, *, exclude: list[str | Path] = ()) -> tuple[li
                 ignored += 1
                 continue
             try:
-                st = path.stat()  # follows symlinks; a dangling link is ignored
+                st = path.stat()  # follows symlinks
             except OSError:
-                ignored += 1
-                continue
+                try:  # a link to an audio file that is gone (an unmounted drive?): the build
+                    st = path.lstat()  # records it as failed, with why, instead of ignoring it
+                except OSError:
+                    ignored += 1
+                    continue
             found.append(CorpusFile(path.relative_to(root).as_posix(), str(path), st.st_size, st.st_mtime_ns))
     found.sort(key=lambda f: f.rel_path)
     return found, ignored

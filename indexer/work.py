@@ -120,7 +120,11 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
     try:
         digest = content_hash(task.abs_path)
     except OSError as exc:
-        return FileResult(task.rel_path, None, False, f"cannot read: {exc.strerror or exc}")
+        if os.path.islink(task.abs_path) and not os.path.exists(task.abs_path):
+            why = f"broken link: its target {os.readlink(task.abs_path)} does not exist (an unmounted drive?)"
+        else:
+            why = f"cannot read: {exc.strerror or exc}"
+        return FileResult(task.rel_path, None, False, why)
     if digest == task.known_hash:
         return FileResult(task.rel_path, digest, True, None, seconds=time.perf_counter() - t0)
     shard = shard_path(task.cache_dir, digest)

@@ -306,6 +306,23 @@ def test_scan_follows_folder_links_once_and_skips_hidden_files_and_the_index(tmp
     assert ignored == 1
 
 
+def test_a_link_to_a_missing_audio_file_is_reported_as_failed_and_indexed_once_its_target_is_back(tmp_path):
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 10.0, 1)
+    target = tmp_path / "nas" / "b.flac"  # on a drive that is not mounted yet
+    (root / "b.flac").symlink_to(target)
+    (root / "gone.txt").symlink_to(tmp_path / "nas" / "gone.txt")  # not audio: ignored as before
+    index_dir = tmp_path / "idx"
+    result = build_index(root, index_dir, config=SMALL, progress=False)
+    assert (result.stats.files_added, result.stats.files_failed, result.stats.files_ignored) == (1, 1, 1)
+    errors = dict(result.errors)
+    assert list(errors) == ["b.flac"] and "broken link" in errors["b.flac"] and str(target) in errors["b.flac"]
+    write(target, 9.0, 2)  # the drive is back
+    result = build_index(root, index_dir, config=SMALL, progress=False)
+    assert (result.stats.files_added, result.stats.files_failed) == (1, 0)
+    assert sorted(check_consistent(index_dir, root)["ok"]) == ["a.wav", "b.flac"]
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)
