@@ -58,10 +58,13 @@ from simdps.retrieval.features import (
     Features,
     chroma_basis,
     context_weights,
+    frame_features,
+    n_frames,
     use_chroma_basis,
 )
 
-__all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "SIDES", "PCA_FILE"]
+__all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "embed_signal", "SIDES",
+           "PCA_FILE"]
 
 SIDES = ("pre", "post")
 PCA_FILE = "pca.npz"
@@ -266,6 +269,36 @@ def fit_pca(samples: list[Features], config: IndexConfig) -> ContextPCA:
 def _covered(features: Features, cfg: SearchConfig) -> int:
     """Samples at 12 kHz that phase-0 frames cover: ``n_fft + (T - 1) hop``."""
     return cfg.n_fft + (len(features) - 1) * cfg.hop_length if len(features) else 0
+
+
+_BLOCK_POSITIONS = 8192  # positions a block of embed_signal embeds (~12 min of audio at the default Lh)
+
+
+def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:
+    """``embed_track(frame_features(x12k))``, with the frame features made block by block.
+
+    Each block of positions gets the phase-0 frames its contexts read and no others (about
+    2 % of the frames are computed twice), so the memory is the signal and its embeddings,
+    not the ~350 MB per hour of audio that a whole track's STFT magnitudes take.
+    """
+    hop, n_fft = cfg.hop_length, cfg.n_fft
+    total = n_frames(len(x12k), cfg)
+    positions, has_pre, has_post = grid_positions(n_fft + (total - 1) * hop if total else 0, cfg)
+    pre = np.zeros((len(positions), pca.dim), dtype=np.float32)
+    post = np.zeros_like(pre)
+    span = max(_frames_used(cfg))
+    for lo in range(0, len(positions), _BLOCK_POSITIONS):
+        hi = min(lo + _BLOCK_POSITIONS, len(positions))
+        block = positions[lo:hi]
+        if not (has_pre[lo:hi].any() or has_post[lo:hi].any()):
+            continue
+        first = max(0, (int(block[0]) - n_fft) // hop - (span - 1))  # a pre-context's farthest frame
+        last = min(total, int(block[-1]) // hop + span)  # a post-context's farthest frame, exclusive
+        feats = frame_features(x12k[first * hop:(last - 1) * hop + n_fft], cfg)  # rows first..last-1
+        for side, has, out in (("pre", has_pre[lo:hi], pre[lo:hi]), ("post", has_post[lo:hi], post[lo:hi])):
+            if has.any():
+                out[has] = pca.embed_positions(feats, block[has] - first * hop, side, cfg)
+    return TrackEmbeddings(positions, has_pre, has_post, pre, post)
 
 
 def embed_track(features: Features, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:

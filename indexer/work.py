@@ -8,6 +8,7 @@ never raised: one bad file must not stop a build.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,9 +20,8 @@ import soxr
 from simdps.audio import audio_info, content_hash, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
-from simdps.indexer.embed import ContextPCA, embed_track
+from simdps.indexer.embed import ContextPCA, embed_signal
 from simdps.indexer.layout import read_shard, shard_path, write_shard
-from simdps.retrieval.features import frame_features
 
 __all__ = ["FileTask", "FileResult", "decode_search_signal", "process_file", "init_worker"]
 
@@ -57,6 +57,11 @@ class FileResult:
         return self.frames / self.sample_rate if self.frames and self.sample_rate else 0.0
 
 
+def _expected_length(frames: int, sr_in: int, sr_out: int) -> int:
+    """Samples the resampler gives for ``frames`` input samples, with a margin."""
+    return int(math.ceil(frames * sr_out / sr_in)) + 64
+
+
 def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConfig(), *,
                          start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
     """Frames ``[start, stop)`` of a file, mono, at the search rate, streamed block by block.
@@ -66,9 +71,22 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
     """
     info = audio_info(path)
     stop = info.frames if stop is None else min(stop, info.frames)
-    out: list[np.ndarray] = []
     stream = None if info.sample_rate == cfg.sample_rate else soxr.ResampleStream(
         info.sample_rate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
+    # Written into one array sized for the whole output (no list of blocks to join: that
+    # doubled a long file's peak); grown in the unlikely case the resampler gives more.
+    x = np.empty(_expected_length(max(0, stop - start), info.sample_rate, cfg.sample_rate), dtype=np.float32)
+    n = 0
+
+    def put(chunk: np.ndarray) -> None:
+        nonlocal x, n
+        if n + len(chunk) > len(x):
+            grown = np.empty(max(n + len(chunk), 2 * len(x)), dtype=np.float32)
+            grown[:n] = x[:n]
+            x = grown
+        x[n:n + len(chunk)] = chunk
+        n += len(chunk)
+
     try:
         with sf.SoundFile(str(path)) as f:
             if start:
@@ -80,15 +98,15 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
                     break
                 remaining -= len(block)
                 mono = to_mono(block)  # channel mean (column by column: numpy's mean(axis=1) is ~6x slower)
-                out.append(mono if stream is None else stream.resample_chunk(mono, last=False))
+                put(mono if stream is None else stream.resample_chunk(mono, last=False))
             if stream is not None:
-                out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+                put(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     except SimDPSError:
         raise
     except Exception as exc:
         raise SimDPSError(f"{path}: decoding failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
                           "the file may be damaged") from None
-    x = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    x = x[:n]
     if not np.all(np.isfinite(x)):
         raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
     return np.ascontiguousarray(x, dtype=np.float32), info.sample_rate
@@ -141,7 +159,7 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         x12k, _ = decode_search_signal(task.abs_path, cfg)
         pca = _pca(task.pca_path)
         pca.use_filterbank(cfg)  # an incremental build's features match the live index's
-        emb = embed_track(frame_features(x12k, cfg), pca, cfg)
+        emb = embed_signal(x12k, pca, cfg)  # frame features block by block: memory flat in the file's length
         meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
                 "n_samples_12k": int(len(x12k))}
         write_shard(shard, emb, meta)

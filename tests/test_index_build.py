@@ -323,6 +323,22 @@ def test_a_link_to_a_missing_audio_file_is_reported_as_failed_and_indexed_once_i
     assert sorted(check_consistent(index_dir, root)["ok"]) == ["a.wav", "b.flac"]
 
 
+@pytest.mark.parametrize("guess", [None, 1_000, 0])  # the resampler's output outgrowing a short first guess
+def test_a_file_is_decoded_to_the_search_signal_block_by_block(tmp_path, monkeypatch, guess):
+    import simdps.indexer.work as work
+    from simdps.retrieval.features import search_signal
+
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (300_001, 2)).astype(np.float32)
+    sf.write(tmp_path / "s.flac", x, 44_100, subtype="PCM_24")
+    monkeypatch.setattr(work, "_BLOCK_FRAMES", 65_536)
+    if guess is not None:
+        monkeypatch.setattr(work, "_expected_length", lambda *args: guess)
+    got, sr = work.decode_search_signal(tmp_path / "s.flac")
+    ref = search_signal(sf.read(tmp_path / "s.flac", dtype="float32")[0], 44_100)
+    assert sr == 44_100 and got.dtype == np.float32 and len(got) == len(ref)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)

@@ -10,7 +10,7 @@ from conftest import piano_like
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.config import IndexConfig
-from simdps.indexer.embed import ContextPCA, embed_track, fit_pca, grid_positions, side_extent
+from simdps.indexer.embed import ContextPCA, embed_signal, embed_track, fit_pca, grid_positions, side_extent
 from simdps.retrieval.features import context_block, frame_features
 from simdps.retrieval.index_search import side_distances
 
@@ -54,6 +54,24 @@ def test_corpus_embeddings_equal_the_projected_context_blocks_of_eq10(fitted):
             block = context_block(feats[0], _edge(side, int(emb.positions[i])), side, CFG)
             np.testing.assert_allclose(table[i], pca.embed_block(block, side), atol=2e-5)
         assert not table[~valid].any()
+
+
+def test_a_signal_embedded_block_by_block_gives_the_whole_tracks_embeddings(signals, fitted, monkeypatch):
+    """The build embeds a file from its 12-kHz signal in blocks of positions, each with only the
+    frames its contexts read (memory flat in the file's length): the same vectors."""
+    import simdps.indexer.embed as embed
+
+    _, pca = fitted
+    for x in (signals[0], signals[1][:200_003]):  # a length off the frame and position grids too
+        whole = embed_track(frame_features(x, CFG), pca, CFG)
+        monkeypatch.setattr(embed, "_BLOCK_POSITIONS", 37)  # 7-8 blocks, the last a short one
+        blocked = embed_signal(x, pca, CFG)
+        monkeypatch.undo()
+        for field in ("positions", "has_pre", "has_post"):
+            np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field))
+        np.testing.assert_allclose(blocked.pre, whole.pre, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(blocked.post, whole.post, rtol=1e-5, atol=1e-6)
+        assert whole.has_pre.any() and whole.has_post.any()
 
 
 def test_squared_embedding_distance_approximates_the_side_cost_from_below(fitted):
