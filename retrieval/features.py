@@ -136,12 +136,31 @@ def chroma_basis(sr: int, n_fft: int) -> np.ndarray:
     """
     basis = _CHROMA_BASES.get((sr, n_fft))
     if basis is None:
+        basis = _shipped_chroma_basis(sr, n_fft)
+    if basis is None:
         import librosa.filters  # imported here: librosa (with scipy.signal) costs ~1 s to import
 
         basis = np.ascontiguousarray(librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=12).T,
                                      dtype=np.float32)
-        _CHROMA_BASES[(sr, n_fft)] = basis
+    _CHROMA_BASES[(sr, n_fft)] = basis
     return basis
+
+
+# librosa's filterbank for the paper's settings, saved once (a test checks it against librosa):
+# importing librosa and building it take ~2 s, which every search without an index and every
+# new index build would otherwise pay. Regenerate with
+# np.save(path, librosa.filters.chroma(sr=12000, n_fft=1024, tuning=0.0, n_chroma=12).T.astype(np.float32))
+_SHIPPED_CHROMA = {(12_000, 1024): "chroma_12000_1024.npy"}
+
+
+def _shipped_chroma_basis(sr: int, n_fft: int) -> np.ndarray | None:
+    name = _SHIPPED_CHROMA.get((sr, n_fft))
+    if name is None:
+        return None
+    from importlib.resources import files
+
+    with files("simdps").joinpath("assets", name).open("rb") as f:
+        return np.ascontiguousarray(np.load(f, allow_pickle=False), dtype=np.float32)
 
 
 def use_chroma_basis(sr: int, n_fft: int, basis: np.ndarray) -> None:

@@ -52,6 +52,26 @@ def test_weights_ramp_as_the_paper_says():
     assert np.all(np.diff(w1) <= 0)
 
 
+def test_the_shipped_chroma_filterbank_is_librosas_and_spares_its_import():
+    """The paper's settings' filterbank ships with the package (librosa's import and the
+    filterbank cost ~2 s in every process that searches without an index)."""
+    import subprocess
+    import sys
+
+    import librosa.filters
+
+    from simdps.retrieval.features import _shipped_chroma_basis
+
+    shipped = _shipped_chroma_basis(12_000, 1024)
+    ref = librosa.filters.chroma(sr=12_000, n_fft=1024, tuning=0.0, n_chroma=12).T.astype(np.float32)
+    np.testing.assert_array_equal(shipped, ref)
+    assert _shipped_chroma_basis(16_000, 1024) is None  # other settings: librosa, as before
+    code = ("import sys; from simdps.retrieval.features import chroma_basis; b = chroma_basis(12000, 1024); "
+            "print(b.shape, 'librosa' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(513, 12) False"
+
+
 def test_frames_are_not_centred_and_phase_shifts_them():
     x = piano_like(2.0, 12_000, seed=3).astype(np.float32)
     f0 = frame_features(x, CFG)
