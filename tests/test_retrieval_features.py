@@ -143,41 +143,29 @@ def test_fast_exhaustive_cost_equals_literal_reference(signals, gap):
         assert costs_at(query, s, [t_hat], CFG).parts(0).total == pytest.approx(ref.total, rel=1e-5)
 
 
-def test_strided_and_per_frame_sums_agree(signals, monkeypatch):
-    """grid_costs sums over frames through strided views for few starts (an index re-score
-    window) and frame by frame for a whole track; both give the same costs on both sides."""
+@pytest.mark.parametrize("knob, first, second, tol", [
+    # strided views (few starts: an index re-score window) against frame-by-frame sums (a whole track)
+    ("_STRIDED_MAX", 1 << 40, 0, (1e-12, 1e-12)),
+    # one pass over every start against blocks of 50 starts (a long track: bounded memory); float32
+    # products over fewer rows may round differently, hence the features' precision
+    ("_GRID_BLOCK", 1 << 40, 50, (1e-6, 1e-9)),
+])
+def test_the_ways_grid_costs_sums_agree(signals, monkeypatch, knob, first, second, tol):
     import simdps.retrieval.cost as cost
 
     y, s = signals
+    if knob == "_GRID_BLOCK":
+        monkeypatch.setattr(cost, "_STRIDED_MAX", 0)  # the same frame-by-frame sums in both
     for gs, ge in ((150_000, 150_000 + 15_999), (140_003, 140_003 + 6_001), (6_000, 18_000)):
         query = query_context(y, gs, ge, CFG)
-        monkeypatch.setattr(cost, "_STRIDED_MAX", 1 << 40)
-        strided = grid_costs(query, s, CFG)
-        monkeypatch.setattr(cost, "_STRIDED_MAX", 0)
-        looped = grid_costs(query, s, CFG)
-        assert len(strided) > 100
-        np.testing.assert_allclose(strided.stft, looped.stft, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(strided.chroma, looped.chroma, rtol=1e-12, atol=1e-12)
-
-
-def test_a_long_signal_is_costed_in_blocks_with_the_same_result(signals, monkeypatch):
-    """grid_costs over a whole track works through blocks of starts (bounded memory); blocks of
-    50 starts give the costs of one pass over every start."""
-    import simdps.retrieval.cost as cost
-
-    y, s = signals
-    monkeypatch.setattr(cost, "_STRIDED_MAX", 0)  # the same frame-by-frame sums in both
-    for gs, ge in ((150_000, 150_000 + 15_999), (140_003, 140_003 + 6_001), (6_000, 18_000)):
-        query = query_context(y, gs, ge, CFG)
-        monkeypatch.setattr(cost, "_GRID_BLOCK", 1 << 40)
-        whole = grid_costs(query, s, CFG)
-        monkeypatch.setattr(cost, "_GRID_BLOCK", 50)
-        blocked = grid_costs(query, s, CFG)
-        assert len(whole) > 200
-        np.testing.assert_array_equal(blocked.starts, whole.starts)
-        # (float32 products over fewer rows may round differently: the features' precision)
-        np.testing.assert_allclose(blocked.stft, whole.stft, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(blocked.chroma, whole.chroma, rtol=1e-6, atol=1e-9)
+        monkeypatch.setattr(cost, knob, first)
+        one = grid_costs(query, s, CFG)
+        monkeypatch.setattr(cost, knob, second)
+        other = grid_costs(query, s, CFG)
+        assert len(one) > 200
+        np.testing.assert_array_equal(other.starts, one.starts)
+        np.testing.assert_allclose(other.stft, one.stft, rtol=tol[0], atol=tol[1])
+        np.testing.assert_allclose(other.chroma, one.chroma, rtol=tol[0], atol=tol[1])
 
 
 def test_edge_gap_uses_only_the_context_that_exists(signals):
