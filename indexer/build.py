@@ -45,7 +45,14 @@ from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, d
 from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig
 from simdps.indexer.embed import PCA_FILE, fit_pca
 from simdps.indexer.generation import live_factory, write_generation
-from simdps.indexer.layout import gen_dir, pca_fingerprint, remove_other_generations, shard_path
+from simdps.indexer.layout import (
+    SIGNALS_DIR,
+    gen_dir,
+    pca_fingerprint,
+    remove_other_generations,
+    shard_path,
+    signal_path,
+)
 from simdps.indexer.scan import CorpusFile, scan_corpus
 from simdps.indexer.work import FileResult, FileTask, decode_search_signal, init_worker, process_file
 from simdps.retrieval.features import frame_features
@@ -212,16 +219,20 @@ class _Build:
         unchanged: list[TrackRow] = []
         tasks: list[FileTask] = []
         stat_of: dict[str, CorpusFile] = {}
+        signals = str(self.index_dir) if self.config.keep_signals else None
         for f in files:
             stat_of[f.rel_path] = f
             row = rows.get(f.rel_path)
             usable = row is not None and (row.status == "error" or (
                 use_live and shard_path(self.cache_dir, row.content_hash).exists()))
             if usable and row.size_bytes == f.size_bytes and row.mtime_ns == f.mtime_ns:
-                unchanged.append(row)
-                continue
+                if not (signals and row.status == "ok" and not signal_path(self.index_dir, row.content_hash).exists()):
+                    unchanged.append(row)
+                    continue
+                # keep_signals turned on, or a signal gone: the worker finds the file unchanged and
+                # decodes it only to keep its signal
             tasks.append(FileTask(f.rel_path, f.abs_path, row.content_hash if usable else None,
-                                  str(self.cache_dir), str(pca_path)))
+                                  str(self.cache_dir), str(pca_path), signals))
         removed_paths = [p for p in rows if p not in scanned]
 
         # ---- hash / decode / embed -----------------------------------------------------
@@ -425,3 +436,9 @@ class _Build:
             partial.unlink(missing_ok=True)
         for partial in self.cache_dir.parent.glob(".pca.*.npz"):  # a PCA being saved when one was killed
             partial.unlink(missing_ok=True)
+        signals = self.index_dir / SIGNALS_DIR
+        if signals.exists() and not self.config.keep_signals:
+            shutil.rmtree(signals, ignore_errors=True)  # keep_signals turned off: the disk space back
+        for signal in signals.iterdir() if signals.exists() else []:
+            if signal.is_file() and (signal.name.startswith(".") or signal.stem not in live_hashes):
+                signal.unlink(missing_ok=True)  # a partial one, or no live file's

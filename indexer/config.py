@@ -42,6 +42,10 @@ class IndexConfig:
     nprobe: int = 128  # IVF lists visited per query
     ef_search: int = 128  # HNSW search breadth, if an HNSW factory is used
     seed: int = 0
+    # Also keep each file's 12-kHz search signal (raw float32, ~173 MB per hour of audio, beside
+    # the ~2 MB per hour index): a search then reads a re-score window from it instead of decoding
+    # and resampling the source, several times faster for CD-rate and hi-res files. Off by default.
+    keep_signals: bool = False
 
     @property
     def dim(self) -> int:

@@ -10,6 +10,8 @@
         pre.faiss.zst, post...   FAISS indexes of pre- and post-context embeddings (zstd-compressed)
         positions.parquet        one row per position: FAISS id -> track, 12 kHz and native sample
     DIR/cache/<pca>/<hash>.npz   per-file embedding shards (content-addressed; resume and rebuilds)
+    DIR/signals/<hash>.f32       with ``keep_signals``: each file's 12-kHz search signal, raw
+                                 float32, which searches read instead of decoding and resampling
 
 The live generation is the one the catalog's last committed build names; folders of any
 other generation are left-overs of an interrupted build and are removed by the next one.
@@ -34,7 +36,10 @@ from simdps.indexer.embed import TrackEmbeddings
 __all__ = [
     "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
     "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
+    "SIGNALS_DIR", "signal_path", "write_signal", "read_signal",
 ]
+
+SIGNALS_DIR = "signals"
 
 GEN_PREFIX = "gen-"
 
@@ -86,6 +91,31 @@ def write_shard(path: str | Path, emb: TrackEmbeddings, meta: dict) -> None:
         np.savez(f, positions=emb.positions, has_pre=emb.has_pre, has_post=emb.has_post,
                  pre=emb.pre.astype(np.float16), post=emb.post.astype(np.float16),
                  meta=np.array(json.dumps(meta)))
+
+
+def signal_path(index_dir: str | Path, content_hash: str) -> Path:
+    return Path(index_dir) / SIGNALS_DIR / f"{content_hash}.f32"
+
+
+def write_signal(path: str | Path, x12k: np.ndarray) -> None:
+    """A file's search signal as raw little-endian float32, through a temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.ascontiguousarray(x12k, dtype="<f4").tofile(f)
+
+
+def read_signal(path: str | Path, lo: int, hi: int) -> np.ndarray:
+    """Samples ``[lo, hi)`` of a stored search signal as float32, zero outside it (one read).
+
+    Raises ``OSError`` when the file is gone."""
+    out = np.zeros(max(0, hi - lo), dtype=np.float32)
+    with open(path, "rb") as f:
+        n = os.fstat(f.fileno()).st_size // 4
+        a, b = max(lo, 0), min(hi, n)
+        if b > a:
+            out[a - lo:b - lo] = np.frombuffer(os.pread(f.fileno(), 4 * (b - a), 4 * a), dtype="<f4")
+    return out
 
 
 def read_shard(path: str | Path) -> tuple[TrackEmbeddings, dict]:

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -21,7 +22,7 @@ from simdps.audio import audio_info, content_hash, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.embed import ContextPCA, embed_signal
-from simdps.indexer.layout import read_shard, shard_path, write_shard
+from simdps.indexer.layout import read_shard, shard_path, signal_path, write_shard, write_signal
 
 __all__ = ["FileTask", "FileResult", "decode_search_signal", "process_file", "init_worker"]
 
@@ -35,6 +36,7 @@ class FileTask:
     known_hash: str | None  # the catalog's hash, when the file was indexed before
     cache_dir: str
     pca_path: str
+    signals_index: str | None = None  # the index folder that keeps the file's search signal (keep_signals)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,15 @@ def init_worker() -> None:
         pass
 
 
+def _keep_signal(path: str, signal: Path, cfg: SearchConfig) -> None:
+    """Decode a file already embedded, only to keep its search signal (a cache: failures are left
+    to the search, which then decodes the file itself)."""
+    try:
+        write_signal(signal, decode_search_signal(path, cfg)[0])
+    except (SimDPSError, OSError):
+        pass
+
+
 def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
     """Hash ``task``'s file; unless unchanged, embed it into its shard (or reuse an existing shard)."""
     t0 = time.perf_counter()
@@ -143,12 +154,17 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         else:
             why = f"cannot read: {exc.strerror or exc}"
         return FileResult(task.rel_path, None, False, why)
+    signal = signal_path(task.signals_index, digest) if task.signals_index else None
     if digest == task.known_hash:
+        if signal is not None and not signal.exists():  # keep_signals turned on for an indexed file
+            _keep_signal(task.abs_path, signal, cfg)
         return FileResult(task.rel_path, digest, True, None, seconds=time.perf_counter() - t0)
     shard = shard_path(task.cache_dir, digest)
     if shard.exists():  # finished by an interrupted build, or the same content under another name
         try:
             emb, meta = read_shard(shard)
+            if signal is not None and not signal.exists():
+                _keep_signal(task.abs_path, signal, cfg)
             return FileResult(task.rel_path, digest, False, None, meta["sample_rate"], meta["channels"],
                               meta["frames"], len(emb), int(emb.has_pre.sum()), int(emb.has_post.sum()),
                               time.perf_counter() - t0, reused_shard=True)
@@ -162,6 +178,8 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         emb = embed_signal(x12k, pca, cfg)  # frame features block by block: memory flat in the file's length
         meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
                 "n_samples_12k": int(len(x12k))}
+        if signal is not None:  # before the shard: a shard on disk means its file is done
+            write_signal(signal, x12k)
         write_shard(shard, emb, meta)
     except SimDPSError as exc:
         return FileResult(task.rel_path, digest, False, str(exc).replace(task.abs_path + ": ", ""),

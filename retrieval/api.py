@@ -27,7 +27,7 @@ from simdps.indexer.build import build_index
 from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
-from simdps.indexer.layout import folder_bytes, gen_dir
+from simdps.indexer.layout import SIGNALS_DIR, folder_bytes, gen_dir, signal_path
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.index_search import (
     SearchParams,
@@ -68,6 +68,10 @@ class Index:
         self.corpus_root = corpus_root
         self.db_url = db_url
         self._gen_info = gen_info
+        # Files whose search signal the index kept (IndexConfig.keep_signals): their re-score
+        # windows are read from it instead of decoded and resampled.
+        signals = index_dir / SIGNALS_DIR
+        self._signal_hashes = {p.stem for p in signals.glob("*.f32")} if signals.is_dir() else set()
         store.set_search_params(faiss_pre, nprobe=config.nprobe, ef_search=config.ef_search)
         store.set_search_params(faiss_post, nprobe=config.nprobe, ef_search=config.ef_search)
 
@@ -119,6 +123,7 @@ class Index:
             frames=np.array([t.frames for t in rows], dtype=np.int64),
             content_hash=[t.content_hash for t in rows],
             path=[os.path.join(root, *t.path.split("/")) for t in rows],
+            stat=[(t.size_bytes, t.mtime_ns) for t in rows],
         )
         pca = ContextPCA.load(gdir / PCA_FILE)
         pca.use_filterbank(config.search)  # the features the index was built with (and no librosa import)
@@ -287,6 +292,7 @@ class Index:
                         break
             return best
 
+        use_signals = params.use_signals and bool(self._signal_hashes) and tracks.stat is not None
         skipped: dict[str, str] = {}  # indexed file -> why it could not be read
         stood_in: set[str] = set()  # ... of those, files whose byte-identical copy was read instead
 
@@ -295,9 +301,12 @@ class Index:
             failed = []
             for copy in tracks.copies(track):  # a byte-identical copy stands in for a file that is gone
                 path = tracks.path[copy]
+                digest = tracks.content_hash[copy]
+                signal = ((signal_path(self.index_dir, digest), tracks.stat[copy])
+                          if use_signals and digest in self._signal_hashes else None)
                 try:
                     found = rescore(query, group, path, int(tracks.sample_rate[copy]), int(tracks.frames[copy]),
-                                    cfg, reach12=reach12, bounds=bounds, handles=self._handles)
+                                    cfg, reach12=reach12, bounds=bounds, handles=self._handles, signal=signal)
                 except AudioError as exc:  # deleted, damaged or changed since indexing: reported once
                     skipped.setdefault(path, str(exc))
                     failed.append(path)
@@ -330,7 +339,8 @@ class Index:
             n_windows += opened
         best = [h for h, _ in best]
         if refine_offsets:
-            out = _distinct([c for c in pool.map(lambda h: refine(query, h, cfg), best) if c is not None],
+            refined = pool.map(lambda h: refine(query, h, cfg, self._handles), best)
+            out = _distinct([c for c in refined if c is not None],
                             cfg.coarse_hop / cfg.sample_rate)
         else:
             out = [_grid_candidate(h, cfg) for h in best]
@@ -376,6 +386,7 @@ class Index:
         if catalog_path.exists():
             index_bytes += catalog_path.stat().st_size
         cache_bytes = folder_bytes(self.index_dir / "cache")
+        signals_bytes = folder_bytes(self.index_dir / SIGNALS_DIR)
         return {
             "index": str(self.index_dir),
             "corpus_root": self.corpus_root,
@@ -394,6 +405,7 @@ class Index:
             "size_bytes": index_bytes,
             "bytes_per_hour": index_bytes / hours if hours > 0 else None,
             "cache_bytes": cache_bytes,
+            "signals_bytes": signals_bytes,  # kept search signals (keep_signals), not counted in size_bytes
             "last_build": {k: last[k] for k in ("id", "status", "started_at", "finished_at", "files_added",
                                                 "files_unchanged", "files_removed", "files_failed")}
             if last else None,

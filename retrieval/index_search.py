@@ -57,6 +57,7 @@ from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, validate_gaps
 from simdps.indexer.embed import side_extent
+from simdps.indexer.layout import read_signal
 from simdps.retrieval.candidate import Candidate, resample_window
 from simdps.retrieval.cost import QueryContext, costs_at, grid_costs, query_context
 from simdps.retrieval.features import ContextBlock, search_signal
@@ -78,6 +79,7 @@ class SearchParams:
     nprobe: int | None = None  # IVF lists visited (None: the index's setting)
     reach_hops: int = 3  # exact J at every frame-grid start within reach_hops * Lh of a candidate
     threads: int | None = None  # threads for the FAISS searches, re-score windows, eq. 11 (None: CPUs, at most 4)
+    use_signals: bool = True  # read re-score windows from the index's kept search signals, where it has them
 
     def __post_init__(self):
         if self.k_ann < 1 or self.n_rescore < 1 or self.max_rescore < 1 or self.reach_hops < 1:
@@ -101,6 +103,7 @@ class TrackTable:
     frames: np.ndarray
     content_hash: list[str]
     path: list[str]  # absolute
+    stat: list[tuple[int, int]] | None = None  # (size, mtime_ns) as indexed: a kept signal serves only these
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(track index, position index m)`` of FAISS ids (row = first_row + m); -1 where unknown."""
@@ -415,7 +418,7 @@ class FrameHit:
     cost: float  # exact J there (eq. 10), and its parts a_1 d_1, a_2 d_2
     cost_stft: float
     cost_chroma: float
-    window: "_Window"
+    window: "_Window | None"  # native samples around the candidates (None: read by step 4 when needed)
     s12: np.ndarray  # the 12 kHz window, sample k at source time (w0 + k) / 12000
     w0: int
     bounds: tuple[int, int] | None
@@ -423,9 +426,17 @@ class FrameHit:
 
 def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int, cfg: SearchConfig,
             *, reach12: int, bounds: tuple[int, int] | None = None,
-            handles: KeptHandles | None = None) -> list[FrameHit]:
+            handles: KeptHandles | None = None,
+            signal: tuple[str | os.PathLike, tuple[int, int]] | None = None) -> list[FrameHit]:
     """Step 3 for ANN candidates of one source: exact ``J`` at every frame-grid start within
     ``reach12`` of any of ``starts12``, from one decoded window spanning them all.
+
+    ``signal``: the path of the source's search signal kept by the index
+    (``IndexConfig.keep_signals``) and the source's ``(size, mtime_ns)`` when indexed. While
+    the source is unchanged, the window is read from the signal instead of decoded and
+    resampled (the native samples eq. 11 needs are then read by :func:`refine`). The signal is
+    the whole file's, resampled in one stream as the exhaustive search resamples it; a decoded
+    window agrees with it to float32 rounding.
 
     Returns every such start that fits the source (and ``bounds``: native samples,
     inclusive, limiting the refined start, the in-track rule); the caller keeps the best
@@ -453,16 +464,19 @@ def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int
     a = int(centres[-1]) + reach + hop
     b = int(centres[0]) - reach + query.length12 - hop
     long_gap = b - a > cfg.sample_rate // 4
-    hole = (int(math.ceil(a * ratio)) + margin, int(math.floor(b * ratio)) - margin) if long_gap else None
-    window = _Window(path, frames, sr_s, int(math.floor(w0 * ratio)) - margin, int(math.ceil(w1 * ratio)) + margin,
-                     hole, handles)
-    # 12 kHz window on the track's global 12 kHz grid: output k is at time (w0 + k) / 12000.
-    if long_gap:
-        s12 = np.zeros(w1 - w0, dtype=np.float32)
-        s12[:a - w0] = resample_window(window.read, frames, sr_s, 0, w0, a - w0, cfg.sample_rate, np.float32)
-        s12[b - w0:] = resample_window(window.read, frames, sr_s, 0, b, w1 - b, cfg.sample_rate, np.float32)
-    else:
-        s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate, np.float32)
+    # 12 kHz window on the track's global 12 kHz grid: sample k is at time (w0 + k) / 12000.
+    s12 = _kept_signal(signal, path, w0, w1)
+    window = None
+    if s12 is None:  # decoded and resampled around the candidates
+        hole = (int(math.ceil(a * ratio)) + margin, int(math.floor(b * ratio)) - margin) if long_gap else None
+        window = _Window(path, frames, sr_s, int(math.floor(w0 * ratio)) - margin,
+                         int(math.ceil(w1 * ratio)) + margin, hole, handles)
+        if long_gap:
+            s12 = np.zeros(w1 - w0, dtype=np.float32)
+            s12[:a - w0] = resample_window(window.read, frames, sr_s, 0, w0, a - w0, cfg.sample_rate, np.float32)
+            s12[b - w0:] = resample_window(window.read, frames, sr_s, 0, b, w1 - b, cfg.sample_rate, np.float32)
+        else:
+            s12 = resample_window(window.read, frames, sr_s, 0, w0, w1 - w0, cfg.sample_rate, np.float32)
     costs = grid_costs(ctx, s12, cfg)
     starts = costs.starts + w0
     # Whole context inside the source, as the exhaustive search (grid_costs) requires.
@@ -474,6 +488,24 @@ def rescore(query: Query, starts12: list[int], path: str, sr_s: int, frames: int
     return [FrameHit(path, sr_s, frames, int(starts[i]), float(costs.total[i]), float(costs.stft[i]),
                      float(costs.chroma[i]), window, s12, w0, bounds)
             for i in np.flatnonzero(keep)]
+
+
+def _kept_signal(signal: tuple[str | os.PathLike, tuple[int, int]] | None, path: str,
+                 lo: int, hi: int) -> np.ndarray | None:
+    """Samples ``[lo, hi)`` of a kept search signal, or None to decode the source instead.
+
+    ``signal`` is the signal's path and the source's ``(size, mtime_ns)`` when indexed. A source
+    that is gone or changed since (another size or mtime), and a signal file that is gone, fall
+    back to decoding, which then reports the source as it would without kept signals."""
+    if signal is None:
+        return None
+    try:
+        st = os.stat(path)
+        if (st.st_size, st.st_mtime_ns) != tuple(signal[1]):
+            return None
+        return read_signal(signal[0], lo, hi)
+    except OSError:
+        return None
 
 
 def group_windows(starts12: list[int], span12: int) -> list[list[int]]:
@@ -491,8 +523,11 @@ def group_windows(starts12: list[int], span12: int) -> list[list[int]]:
     return groups
 
 
-def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
-    """Step 4: eq. 11 at the source's native rate around ``hit``, then ``J`` at the refined start."""
+def refine(query: Query, hit: FrameHit, cfg: SearchConfig, handles: KeptHandles | None = None) -> Candidate | None:
+    """Step 4: eq. 11 at the source's native rate around ``hit``, then ``J`` at the refined start.
+
+    None when the candidate has no admissible start, or when its native samples, read here
+    for a hit re-scored from a kept signal, cannot be read (the file went since)."""
     sr_s, ratio = hit.sr, hit.sr / cfg.sample_rate
     length = query.gap_end - query.gap_start
     lo, hi = 0, hit.frames - int(round(length * sr_s / query.sr))
@@ -501,6 +536,17 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig) -> Candidate | None:
     if hi < lo:
         return None
     window = hit.window
+    if window is None:
+        # Only what eq. 11 compares: the boundary samples beside both ends of the segment at
+        # every offset it tries (up to a whole hop), not the segment's middle.
+        coarse = int(round(hit.start12 * ratio))
+        seg = int(round(length * sr_s / query.sr))
+        reach = int(math.ceil(cfg.hop_length * ratio)) + int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 4
+        hole = (coarse + reach, coarse + seg - reach) if seg > 2 * reach + 16 else None
+        try:
+            window = _Window(hit.path, hit.frames, sr_s, coarse - reach, coarse + seg + reach, hole, handles)
+        except AudioError:
+            return None
     # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it
     # (a whole hop towards a limit the next grid start would have crossed).
     coarse = int(round(hit.start12 * ratio)) - window.lo

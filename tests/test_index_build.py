@@ -226,10 +226,19 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     main(["info", "--index", str(index_dir), "--json"])
     info = json.loads(capsys.readouterr().out)
     assert info["tracks"] == 3 and info["factory"] == "Flat" and info["hours"] == pytest.approx(31 / 3600)
+    assert info["signals_bytes"] == 0
 
     query = write(tmp_path / "query.wav", 12.0, 99)
     main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json"])
+    decoded = capsys.readouterr().out
+    main(["build", str(corpus), "--index", str(index_dir), "-q", "--keep-signals"])  # kept from now on
+    capsys.readouterr()
+    main(["info", "--index", str(index_dir), "--json"])
+    assert json.loads(capsys.readouterr().out)["signals_bytes"] == 31 * 12_000 * 4  # float32 at 12 kHz
+    main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
+    assert [(c["path"], c["start_sample"]) for c in out["candidates"]] == \
+        [(c["path"], c["start_sample"]) for c in json.loads(decoded)["candidates"]]
     cands = out["candidates"]
     assert 1 <= len(cands) <= 3
     assert set(cands[0]) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft", "cost_chroma"}

@@ -4,6 +4,7 @@ rule for a query that is itself in the corpus, and recall against the exhaustive
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import piano_like
 from simdps import Index
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
+from simdps.indexer.build import build_index
 from simdps.indexer.config import IndexConfig
 from simdps.indexer.work import decode_search_signal
 from simdps.retrieval.cost import grid_costs
@@ -111,9 +113,11 @@ assert "librosa" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] 
     assert [tuple(c) for c in json.loads(done.stdout.strip().splitlines()[-1])] == here
 
 
-def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_note(tmp_path, capsys):
+@pytest.mark.parametrize("keep_signals", [False, True])
+def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_note(tmp_path, capsys, keep_signals):
     """A query whose candidates touch a corpus file that is gone, or now has another rate, still
-    answers from the rest of the corpus and says which file to re-index; it does not fail."""
+    answers from the rest of the corpus and says which file to re-index; it does not fail
+    (with kept search signals too: a signal serves only its file as indexed)."""
     import warnings
 
     from simdps.cli.index import main
@@ -129,7 +133,8 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     (root / "later.flac").write_bytes((root / "host.flac").read_bytes())
     for i in range(2):
         sf.write(root / f"o{i}.flac", piano_like(25.0, SR, seed=60 + i), SR)
-    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    index = Index.build(root, tmp_path / "idx", config=replace(SMALL, keep_signals=keep_signals))
+    assert len(list((tmp_path / "idx" / "signals").glob("*.f32"))) == (3 if keep_signals else 0)  # copies share
     gap = (GAP_START_S, GAP_START_S + 1.0)
     first = index.search(q, SR, gap, k=2, include_track=False)
     assert Path(first[0].path).name == "host.flac" and all(Path(c.path).name != "later.flac" for c in first)
@@ -156,6 +161,48 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     out = capsys.readouterr()
     assert Path(json.loads(out.out)["candidates"][0]["path"]).name == "later.flac"
     assert "note: " in out.err and "could not be read" in out.err and "simdps-index build" in out.err
+
+
+def test_kept_signals_answer_as_decoding_does_without_decoding_the_windows(planted, tmp_path, monkeypatch):
+    """An index built with keep_signals reads each re-score window from the file's 12-kHz signal:
+    the same candidates at the same starts, costs to float32 rounding, and no window decoded or
+    resampled (eq. 11 still reads the native samples beside the segment's ends)."""
+    import simdps.retrieval.index_search as index_search
+
+    _, q, root, truth = planted
+    index = Index.build(root, tmp_path / "idx", config=replace(SMALL, keep_signals=True))
+    signals = sorted((tmp_path / "idx" / "signals").glob("*.f32"))
+    assert len(signals) == 4 and index.info()["signals_bytes"] == sum(p.stat().st_size for p in signals)
+    host = next(i for i, p in enumerate(index.tracks.path) if p.endswith("host.flac"))
+    kept = np.fromfile(tmp_path / "idx" / "signals" / f"{index.tracks.content_hash[host]}.f32", dtype="<f4")
+    np.testing.assert_array_equal(kept, decode_search_signal(root / "host.flac")[0])
+    for gap_len in (0.5, 2.0):
+        gap = (GAP_START_S, GAP_START_S + gap_len)
+        decoded = index.search(q, SR, gap, k=5, include_track=False, params=SearchParams(use_signals=False))
+        with monkeypatch.context() as m:
+            m.setattr(index_search, "resample_window", lambda *a, **k: pytest.fail("a window was resampled"))
+            read = index.search(q, SR, gap, k=5, include_track=False)
+        assert [(c.path, c.start_sample) for c in read] == [(c.path, c.start_sample) for c in decoded]
+        np.testing.assert_allclose([c.cost for c in read], [c.cost for c in decoded], rtol=1e-5, atol=1e-6)
+        assert Path(read[0].path).name == "host.flac" and abs(read[0].start_sample - (round(gap[0] * SR) + truth)) <= 1
+
+
+def test_keep_signals_can_be_turned_on_and_off_without_rebuilding(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(2):
+        sf.write(root / f"f{i}.flac", piano_like(12.0, SR, seed=70 + i), SR)
+    index_dir = tmp_path / "idx"
+    Index.build(root, index_dir, config=SMALL)
+    assert not (index_dir / "signals").exists()
+    again = build_index(root, index_dir, config=replace(SMALL, keep_signals=True), progress=False)
+    assert (again.stats.files_unchanged, again.stats.files_added) == (2, 0)  # nothing re-embedded
+    assert len(list((index_dir / "signals").glob("*.f32"))) == 2
+    (root / "f1.flac").unlink()
+    build_index(root, index_dir, progress=False)  # the stored setting stays; a removed file's signal goes
+    assert len(list((index_dir / "signals").glob("*.f32"))) == 1
+    build_index(root, index_dir, config=replace(SMALL, keep_signals=False), progress=False)
+    assert not (index_dir / "signals").exists()
 
 
 def test_the_result_does_not_depend_on_the_rescore_threads(planted):
