@@ -226,7 +226,8 @@ class _Build:
             usable = row is not None and (row.status == "error" or (
                 use_live and shard_path(self.cache_dir, row.content_hash).exists()))
             if usable and row.size_bytes == f.size_bytes and row.mtime_ns == f.mtime_ns:
-                if not (signals and row.status == "ok" and not signal_path(self.index_dir, row.content_hash).exists()):
+                if not (signals and row.status == "ok"
+                        and not signal_path(self.index_dir, row.content_hash, self.cfg.sample_rate).exists()):
                     unchanged.append(row)
                     continue
                 # keep_signals turned on, or a signal gone: the worker finds the file unchanged and
@@ -439,6 +440,7 @@ class _Build:
         signals = self.index_dir / SIGNALS_DIR
         if signals.exists() and not self.config.keep_signals:
             shutil.rmtree(signals, ignore_errors=True)  # keep_signals turned off: the disk space back
+        live = {signal_path(self.index_dir, h, self.cfg.sample_rate).name for h in live_hashes}
         for signal in signals.iterdir() if signals.exists() else []:
-            if signal.is_file() and (signal.name.startswith(".") or signal.stem not in live_hashes):
-                signal.unlink(missing_ok=True)  # a partial one, or no live file's
+            if signal.is_file() and signal.name not in live:  # a partial one, another rate's, no live file's
+                signal.unlink(missing_ok=True)

@@ -10,7 +10,7 @@
         pre.faiss.zst, post...   FAISS indexes of pre- and post-context embeddings (zstd-compressed)
         positions.parquet        one row per position: FAISS id -> track, 12 kHz and native sample
     DIR/cache/<pca>/<hash>.npz   per-file embedding shards (content-addressed; resume and rebuilds)
-    DIR/signals/<hash>.f32       with ``keep_signals``: each file's 12-kHz search signal, raw
+    DIR/signals/<hash>-<sr>.f32  with ``keep_signals``: each file's 12-kHz search signal, raw
                                  float32, which searches read instead of decoding and resampling
 
 The live generation is the one the catalog's last committed build names; folders of any
@@ -93,8 +93,10 @@ def write_shard(path: str | Path, emb: TrackEmbeddings, meta: dict) -> None:
                  meta=np.array(json.dumps(meta)))
 
 
-def signal_path(index_dir: str | Path, content_hash: str) -> Path:
-    return Path(index_dir) / SIGNALS_DIR / f"{content_hash}.f32"
+def signal_path(index_dir: str | Path, content_hash: str, sample_rate: int) -> Path:
+    """Where an index keeps a file's search signal at ``sample_rate`` (named by both: a rebuild at
+    another search rate never reads a signal made for the previous one)."""
+    return Path(index_dir) / SIGNALS_DIR / f"{content_hash}-{sample_rate}.f32"
 
 
 def write_signal(path: str | Path, x12k: np.ndarray) -> None:

@@ -154,7 +154,7 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         else:
             why = f"cannot read: {exc.strerror or exc}"
         return FileResult(task.rel_path, None, False, why)
-    signal = signal_path(task.signals_index, digest) if task.signals_index else None
+    signal = signal_path(task.signals_index, digest, cfg.sample_rate) if task.signals_index else None
     if digest == task.known_hash:
         if signal is not None and not signal.exists():  # keep_signals turned on for an indexed file
             _keep_signal(task.abs_path, signal, cfg)
@@ -178,9 +178,13 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         emb = embed_signal(x12k, pca, cfg)  # frame features block by block: memory flat in the file's length
         meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
                 "n_samples_12k": int(len(x12k))}
-        if signal is not None:  # before the shard: a shard on disk means its file is done
-            write_signal(signal, x12k)
-        write_shard(shard, emb, meta)
+        try:
+            if signal is not None and not signal.exists():  # before the shard: a shard means the file is done
+                write_signal(signal, x12k)
+            write_shard(shard, emb, meta)
+        except OSError as exc:  # a full disk, say: this file fails, the index stays consistent
+            raise SimDPSError(f"cannot write its embeddings into the index folder ({exc.strerror or exc}); "
+                              "free some disk space and run the build again") from None
     except SimDPSError as exc:
         return FileResult(task.rel_path, digest, False, str(exc).replace(task.abs_path + ": ", ""),
                           seconds=time.perf_counter() - t0)

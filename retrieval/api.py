@@ -71,7 +71,9 @@ class Index:
         # Files whose search signal the index kept (IndexConfig.keep_signals): their re-score
         # windows are read from it instead of decoded and resampled.
         signals = index_dir / SIGNALS_DIR
-        self._signal_hashes = {p.stem for p in signals.glob("*.f32")} if signals.is_dir() else set()
+        self._signal_hashes = ({p.name[:-len(f"-{config.search.sample_rate}.f32")]
+                                for p in signals.glob(f"*-{config.search.sample_rate}.f32")}
+                               if signals.is_dir() else set())
         store.set_search_params(faiss_pre, nprobe=config.nprobe, ef_search=config.ef_search)
         store.set_search_params(faiss_post, nprobe=config.nprobe, ef_search=config.ef_search)
 
@@ -302,7 +304,7 @@ class Index:
             for copy in tracks.copies(track):  # a byte-identical copy stands in for a file that is gone
                 path = tracks.path[copy]
                 digest = tracks.content_hash[copy]
-                signal = ((signal_path(self.index_dir, digest), tracks.stat[copy])
+                signal = ((signal_path(self.index_dir, digest, cfg.sample_rate), tracks.stat[copy])
                           if use_signals and digest in self._signal_hashes else None)
                 try:
                     found = rescore(query, group, path, int(tracks.sample_rate[copy]), int(tracks.frames[copy]),

@@ -348,6 +348,30 @@ def test_a_file_is_decoded_to_the_search_signal_block_by_block(tmp_path, monkeyp
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
 
+def test_a_full_disk_fails_the_files_it_stops_with_a_clear_error_not_the_build(tmp_path, monkeypatch):
+    import errno
+
+    import simdps.indexer.work as work
+
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 10.0, 1)
+    write(root / "b.wav", 10.0, 2)
+    real, written = work.write_shard, []
+
+    def full(path, emb, meta):  # the disk fills up after the first file's shard
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return real(path, emb, meta)
+
+    monkeypatch.setattr(work, "write_shard", full)
+    result = build_index(root, tmp_path / "idx", config=SMALL, workers=1, progress=False)
+    assert (result.stats.files_added, result.stats.files_failed) == (1, 1)
+    (path, why), = result.errors
+    assert path == "b.wav" and "No space left on device" in why and "free some disk space" in why
+    assert sorted(check_consistent(tmp_path / "idx", root)["ok"]) == ["a.wav"]
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)

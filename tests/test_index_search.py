@@ -174,7 +174,7 @@ def test_kept_signals_answer_as_decoding_does_without_decoding_the_windows(plant
     signals = sorted((tmp_path / "idx" / "signals").glob("*.f32"))
     assert len(signals) == 4 and index.info()["signals_bytes"] == sum(p.stat().st_size for p in signals)
     host = next(i for i, p in enumerate(index.tracks.path) if p.endswith("host.flac"))
-    kept = np.fromfile(tmp_path / "idx" / "signals" / f"{index.tracks.content_hash[host]}.f32", dtype="<f4")
+    kept = np.fromfile(tmp_path / "idx" / "signals" / f"{index.tracks.content_hash[host]}-12000.f32", dtype="<f4")
     np.testing.assert_array_equal(kept, decode_search_signal(root / "host.flac")[0])
     for gap_len in (0.5, 2.0):
         gap = (GAP_START_S, GAP_START_S + gap_len)
@@ -197,7 +197,7 @@ def test_keep_signals_can_be_turned_on_and_off_without_rebuilding(tmp_path):
     assert not (index_dir / "signals").exists()
     again = build_index(root, index_dir, config=replace(SMALL, keep_signals=True), progress=False)
     assert (again.stats.files_unchanged, again.stats.files_added) == (2, 0)  # nothing re-embedded
-    assert len(list((index_dir / "signals").glob("*.f32"))) == 2
+    assert len(list((index_dir / "signals").glob("*-12000.f32"))) == 2  # named by the search rate too
     (root / "f1.flac").unlink()
     build_index(root, index_dir, progress=False)  # the stored setting stays; a removed file's signal goes
     assert len(list((index_dir / "signals").glob("*.f32"))) == 1
