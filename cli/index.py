@@ -174,6 +174,8 @@ def info(index_dir, as_json, db_url):
         + (f" ({per_hour / 1e6:.2f} MB per hour of audio)" if per_hour else ""),
         f"build cache  {data['cache_bytes'] / 1e6:.2f} MB (embedding shards for incremental builds)",
     ]
+    if data["signals_bytes"]:
+        lines.append(f"signals      {data['signals_bytes'] / 1e6:.2f} MB (kept search signals: --keep-signals)")
     click.echo("\n".join(lines))
 
 
