@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from simdps.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from simdps.atomic import atomic_path, temp_dir, write_bytes_atomic, write_json_atomic
 from simdps.diffusion.precond import EDMPrecond
 from simdps.errors import SimDPSError
 
@@ -156,7 +155,7 @@ def save_checkpoint(out_dir: str | os.PathLike, *, train_config: dict, model: nn
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "step": str(step)}
-    tmp = Path(tempfile.mkdtemp(prefix=".train_state.", dir=out_dir))
+    tmp = temp_dir(out_dir, prefix=".train_state.")
     try:
         save_weights(tmp / MODEL_FILE, model, meta)
         save_weights(tmp / EMA_FILE, ema, meta)

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from simdps.atomic import write_json_atomic, write_text_atomic
+from simdps.atomic import temp_file, write_json_atomic, write_text_atomic
 from simdps.audio import audio_info, content_hash
 from simdps.errors import SimDPSError
 from simdps.indexer import store
@@ -319,8 +318,7 @@ class _Build:
         pca = fit_pca(self._pca_sample(files), self.config)
         cache_root.mkdir(parents=True, exist_ok=True)
         # Saved beside the cache first: its content names the folder it moves into.
-        fd, tmp = tempfile.mkstemp(prefix=".pca.", suffix=".npz", dir=cache_root)
-        os.close(fd)
+        tmp = temp_file(cache_root, prefix=".pca.", suffix=".npz")
         try:
             pca.save(tmp)
             fp = pca_fingerprint(tmp)

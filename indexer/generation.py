@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from simdps.atomic import write_json_atomic
+from simdps.atomic import temp_dir, write_json_atomic
 from simdps.config import to_dict
 from simdps.indexer import store
 from simdps.indexer.catalog import TrackRow
@@ -69,7 +68,7 @@ def write_generation(index_dir: Path, generation: int, config: IndexConfig, cach
         max(n_side), dim, flat_max_vectors=config.flat_max_vectors,
         pq_m=config.pq_m, pq_nbits=config.pq_nbits)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"gen-{generation}.tmp", dir=index_dir))
+    tmp_dir = temp_dir(index_dir, prefix=f"gen-{generation}.tmp")
     full = live_dir is None or factory != old_factory
     indexes = {}
     if not full:

@@ -13,7 +13,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "temp_file", "temp_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+
+# The process's umask, read once (reading it means setting it, so not on every write).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def temp_file(folder: str | os.PathLike, *, prefix: str, suffix: str = ".tmp") -> str:
+    """A new empty file in ``folder`` with the permissions of any file this user creates
+    (``0o666`` less the umask), not ``tempfile``'s owner-only ``0o600``: the output moved onto
+    its final name (a restored track, an index another user searches) must be readable as usual."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return tmp
+
+
+def temp_dir(folder: str | os.PathLike, *, prefix: str) -> Path:
+    """A new folder in ``folder`` with the usual permissions (``0o777`` less the umask), not ``0o700``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
 
 @contextmanager
@@ -23,8 +44,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[st
     ``suffix`` lets writers that infer the format from the name (numpy, soundfile) see it.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         yield tmp
         os.replace(tmp, path)

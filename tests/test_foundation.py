@@ -54,6 +54,21 @@ def test_gap_mask_is_zero_exactly_inside_the_gap():
     assert parse_time("2:03.5") == 123.5
 
 
+def test_outputs_get_the_usual_permissions_not_owner_only(tmp_path):
+    """Atomic writes go through temporary files, which tempfile makes owner-only (0o600, 0o700);
+    what lands under the final name (a restored track, an index others search) must have the
+    permissions of any file this user creates (0o666 / 0o777 less the umask)."""
+    from simdps.atomic import temp_dir, write_text_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = tmp_path / "restored.flac"
+    write_audio_atomic(out, np.zeros((800, 1)), 8000)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert write_text_atomic(tmp_path / "report.json", "{}").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert temp_dir(tmp_path, prefix="gen-").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_atomic_write_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
     x = np.linspace(-0.5, 0.5, 800)[:, None]
     out = tmp_path / "a.flac"

@@ -96,6 +96,10 @@ def test_build_indexes_audio_records_bad_files_and_ignores_the_rest(corpus, tmp_
     assert cfg["corpus_root"] == str(corpus.resolve()) and cfg["index"]["stft_dims"] == 32
     info = Index.open(index_dir).info()
     assert info["tracks"] == 3 and info["failed_files"] == 2 and info["factory"] == "Flat"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in index_dir.rglob("*"):  # others may search an index: no owner-only files or folders
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
     assert info["vectors"]["pre"] > 0 and info["size_bytes"] > 0
 
 
