@@ -47,8 +47,8 @@ def cli() -> None:
                    "top 10 with an exact --factory Flat, at ~4 bytes a dimension; see docs/PERFORMANCE.md).")
 @click.option("--keep-signals/--no-keep-signals", default=None,
               help="Also keep each file's 12-kHz search signal (~173 MB per hour of audio), which searches read "
-                   "instead of decoding and resampling the files: several times faster queries, above all for "
-                   "CD-rate and hi-res files (stored with the index; --no-keep-signals deletes them).")
+                   "instead of decoding and resampling the files: ~2x faster queries, ~2.7x for 44.1-kHz stereo "
+                   "files (stored with the index; --no-keep-signals deletes them).")
 @click.option("--rebuild", is_flag=True, help="Refit the PCA, re-embed every file and rebuild the index.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")

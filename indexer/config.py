@@ -44,7 +44,7 @@ class IndexConfig:
     seed: int = 0
     # Also keep each file's 12-kHz search signal (raw float32, ~173 MB per hour of audio, beside
     # the ~2 MB per hour index): a search then reads a re-score window from it instead of decoding
-    # and resampling the source, several times faster for CD-rate and hi-res files. Off by default.
+    # and resampling the source (~2x faster queries, ~2.7x for 44.1-kHz stereo files). Off by default.
     keep_signals: bool = False
 
     @property
