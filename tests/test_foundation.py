@@ -134,6 +134,18 @@ def test_a_file_is_read_as_its_mono_mix_block_by_block(tmp_path, monkeypatch):
     np.testing.assert_array_equal(mono64, to_mono(whole))  # float64: the same mix to the bit
     at12k, sr12 = read_audio_mono(path, 12_000)
     assert sr12 == 12_000 and len(at12k) == pytest.approx(50_001 * 12_000 / 22_050, abs=1)
+    monkeypatch.setattr(audio, "_MONO_PARALLEL_FRAMES", 1_000)  # a "long" file: parts decoded at once
+    for workers in (2, 3):
+        parts, _ = read_audio_mono(path, workers=workers)
+        np.testing.assert_array_equal(parts, mono)  # FLAC after a seek: the same samples
+    wav = tmp_path / "s.wav"
+    write_audio_atomic(wav, x, 22_050, subtype="FLOAT")
+    np.testing.assert_array_equal(read_audio_mono(wav, workers=3)[0], read_audio_mono(wav, workers=1)[0])
+    cut = tmp_path / "cut.flac"  # a truncated file: a later part fails, and the one-pass decode says why
+    cut.write_bytes(path.read_bytes()[:len(path.read_bytes()) * 4 // 10])
+    for workers in (1, 2):
+        with pytest.raises(SimDPSError, match="decoding failed .*the file may be damaged"):
+            read_audio_mono(cut, workers=workers)
     with pytest.raises(SimDPSError, match="not a readable audio file"):
         bad = tmp_path / "bad.wav"
         bad.write_bytes(b"RIFF nonsense")
