@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from simdps.audio import KeptHandles
+from simdps.blas import one_blas_thread
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap
@@ -171,7 +172,7 @@ class Index:
         params = params or SearchParams()
         cfg = self.config.search
         query = prepare_query(audio, sr, gap, cfg)
-        with _one_blas_thread():
+        with one_blas_thread():
             found = self._search_index(query, k, params, path, exclude_query_track=include_track,
                                        refine_offsets=refine_offsets)
         if include_track:
@@ -419,30 +420,6 @@ def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:
     start = int(round(hit.start12 * hit.sr / cfg.sample_rate))
     return Candidate(hit.path, start / hit.sr, start, hit.sr, hit.cost, hit.cost_stft, hit.cost_chroma,
                      source="index")
-
-
-class _one_blas_thread:
-    """Run small matrix products on one BLAS thread: a query is hundreds of tiny products, and
-    OpenBLAS threads cost more than they give there (measured 2x on a shared 2-core machine).
-    The loaded libraries are found once per process (a fresh scan cost ~4 ms a query)."""
-
-    _controller = None
-
-    def __enter__(self):
-        self._limit = None
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn (librosa)
-            return self
-        if _one_blas_thread._controller is None:
-            _one_blas_thread._controller = ThreadpoolController()
-        self._limit = _one_blas_thread._controller.limit(limits=1, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        if self._limit is not None:
-            self._limit.restore_original_limits()
-        return False
 
 
 def _distinct(cands: list[Candidate], radius_s: float) -> list[Candidate]:

@@ -260,7 +260,8 @@ def _sliding_side(table: np.ndarray, first_edge: int, count: int, step: int, ter
 
 
 def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = SearchConfig(), *,
-               features_pre: Features | None = None, features_post: Features | None = None) -> CandidateCosts:
+               features_pre: Features | None = None, features_post: Features | None = None,
+               workers: int = 1) -> CandidateCosts:
     """Exact ``J`` at every start ``t_hat = m*hop`` of ``s12k`` whose context lies inside it.
 
     Parameters
@@ -269,6 +270,8 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
     s12k : source signal at the search rate.
     features_pre, features_post : optional precomputed ``frame_features`` of ``s12k`` at
         phases ``(-n_fft) % hop`` and ``gap_length % hop`` (computed here if omitted).
+    workers : threads for a long signal's blocks of starts (pocketfft, numpy and BLAS, held to
+        one thread each, release the GIL); the same costs whatever the count.
 
     Returns
     -------
@@ -290,13 +293,23 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
         # contexts read: the same frames and sums, at a memory bounded by the block, not the track.
         # A block's slice begins a multiple of hop before its first start, so its frame grids are
         # the whole signal's.
-        blocks = []
-        for m0 in range(m_first, m_last + 1, _GRID_BLOCK):
+        def block(m0: int) -> CandidateCosts:
             first = int(starts[m0 - m_first])
             last = int(starts[min(m0 + _GRID_BLOCK, m_last + 1) - 1 - m_first])
             lo = first - m_first * hop
             part = grid_costs(query, s12k[lo:last + length + query.post_extent], cfg)
-            blocks.append(CandidateCosts(part.starts + lo, part.total, part.stft, part.chroma))
+            return CandidateCosts(part.starts + lo, part.total, part.stft, part.chroma)
+
+        firsts = range(m_first, m_last + 1, _GRID_BLOCK)
+        if workers > 1:  # blocks on threads, each product on one BLAS thread (no oversubscription)
+            from concurrent.futures import ThreadPoolExecutor
+
+            from simdps.blas import one_blas_thread
+
+            with one_blas_thread(), ThreadPoolExecutor(min(workers, len(firsts))) as pool:
+                blocks = list(pool.map(block, firsts))
+        else:
+            blocks = [block(m0) for m0 in firsts]
         return CandidateCosts(*(np.concatenate([getattr(b, f) for b in blocks])
                                 for f in ("starts", "total", "stft", "chroma")))
 

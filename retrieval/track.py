@@ -23,6 +23,8 @@ refined start, rounded to the nearest 12 kHz sample.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 
 import numpy as np
@@ -70,6 +72,7 @@ def search_track(
     k: int = 10,
     cfg: SearchConfig = SearchConfig(),
     path: str = "<query>",
+    workers: int | None = None,
 ) -> list[Candidate]:
     """Best ``k`` segments of the track itself to fill ``gap``, sorted by eq. 10 cost.
 
@@ -82,6 +85,8 @@ def search_track(
     k : how many candidates at most.
     cfg : search settings (paper defaults).
     path : name recorded on the candidates (their ``audio`` holds the mono track).
+    workers : threads for a long track (both sides' resampling, blocks of candidate starts);
+        default the CPU count, at most 4. The result does not depend on it.
 
     Returns
     -------
@@ -110,9 +115,15 @@ def search_track(
     check_finite(x[gap_end:], path)
 
     rate = cfg.sample_rate
+    workers = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
     # Each side of the gap is resampled on its own, so gap samples never leak into the context.
-    before12 = search_signal(x[:gap_start], sr, cfg) if gap_start else np.zeros(0, np.float32)
-    after12 = search_signal(x[gap_end:], sr, cfg) if gap_end < len(x) else np.zeros(0, np.float32)
+    sides = (x[:gap_start], x[gap_end:])
+    if workers > 1 and min(len(s) for s in sides) > sr * 60:  # two long sides: both at once
+        with ThreadPoolExecutor(2) as pool:
+            before12, after12 = pool.map(lambda side: search_signal(side, sr, cfg), sides)
+    else:
+        before12, after12 = (search_signal(side, sr, cfg) if len(side) else np.zeros(0, np.float32)
+                             for side in sides)
     gs12 = len(before12)
     ge12 = gs12 + max(1, int(round((gap_end - gap_start) * rate / sr)))
     y12 = np.concatenate([before12, np.zeros(ge12 - gs12, np.float32), after12])
@@ -135,7 +146,7 @@ def search_track(
     # A segment must end before the query's pre-context / start after its post-context.
     parts = []
     for lo, hi in ((0, gs12), (ge12, len(y12))):
-        costs = grid_costs(query, y12[lo:hi], cfg)
+        costs = grid_costs(query, y12[lo:hi], cfg, workers=workers)
         starts = costs.starts + lo
         clear = (starts + length12 <= gs12 - context12) | (starts >= ge12 + context12)
         parts.append(CandidateCosts(starts[clear], costs.total[clear], costs.stft[clear], costs.chroma[clear]))

@@ -118,14 +118,17 @@ def test_extract_returns_the_planted_passage():
 
 def test_a_float32_track_is_searched_in_float32_and_in_blocks(monkeypatch):
     """A float32 track (how the CLI reads one) is not copied to float64, and a long track is
-    costed in blocks of starts: the planted repetition is found at the same sample, at the
-    float64 search's costs to float32 precision."""
+    costed in blocks of starts, on one thread or several: the planted repetition is found at the
+    same sample, at the float64 search's costs to float32 precision."""
     import simdps.retrieval.cost as cost
 
     x, gap, truth = planted(22_050, 1.3)
     ref = search_track(x, 22_050, gap, k=3)
     monkeypatch.setattr(cost, "_GRID_BLOCK", 97)  # several blocks on each side of the gap
-    got = search_track(x.astype(np.float32), 22_050, gap, k=3)
+    got = search_track(x.astype(np.float32), 22_050, gap, k=3, workers=1)
+    on_threads = search_track(x.astype(np.float32), 22_050, gap, k=3, workers=3)  # blocks on 3 threads
+    assert [c.start_sample for c in on_threads] == [c.start_sample for c in got]
+    np.testing.assert_allclose([c.cost for c in on_threads], [c.cost for c in got], rtol=1e-9)
     assert abs(got[0].start_sample - truth) <= 1 and got[0].cost < 0.05
     assert [c.start_sample for c in got] == [c.start_sample for c in ref]
     np.testing.assert_allclose([c.cost for c in got], [c.cost for c in ref], rtol=1e-4, atol=1e-5)
