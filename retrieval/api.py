@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from simdps.audio import KeptHandles
-from simdps.blas import one_blas_thread
+from simdps.threads import default_threads, one_blas_thread
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap
@@ -364,8 +364,7 @@ class Index:
         """Threads for a query's parallel work: both FAISS searches, the re-score windows and eq. 11
         (decoding, resampling, FFTs and FAISS release the GIL). Kept between queries; one
         pool per thread count, shared by queries running at once."""
-        workers = params.threads if params.threads is not None else min(4, os.cpu_count() or 1)
-        workers = max(1, workers)
+        workers = default_threads(params.threads)
         key = (workers, os.getpid())  # a forked child has none of its parent's threads: new pools
         with self._pools_lock:
             if key not in self._pools:

@@ -304,7 +304,7 @@ def grid_costs(query: QueryContext, s12k: np.ndarray, cfg: SearchConfig = Search
         if workers > 1:  # blocks on threads, each product on one BLAS thread (no oversubscription)
             from concurrent.futures import ThreadPoolExecutor
 
-            from simdps.blas import one_blas_thread
+            from simdps.threads import one_blas_thread
 
             with one_blas_thread(), ThreadPoolExecutor(min(workers, len(firsts))) as pool:
                 blocks = list(pool.map(block, firsts))

@@ -23,7 +23,6 @@ refined start, rounded to the nearest 12 kHz sample.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 
@@ -37,6 +36,7 @@ from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.cost import CandidateCosts, costs_at, grid_costs, query_context
 from simdps.retrieval.features import search_signal
 from simdps.retrieval.refine import refine_start, refine_window
+from simdps.threads import default_threads
 
 __all__ = ["search_track"]
 
@@ -115,7 +115,7 @@ def search_track(
     check_finite(x[gap_end:], path)
 
     rate = cfg.sample_rate
-    workers = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+    workers = default_threads(workers)
     # Each side of the gap is resampled on its own, so gap samples never leak into the context.
     sides = (x[:gap_start], x[gap_end:])
     if workers > 1 and min(len(s) for s in sides) > sr * 60:  # two long sides: both at once

@@ -20,6 +20,7 @@ import soxr
 
 from simdps.atomic import atomic_path
 from simdps.errors import AudioError
+from simdps.threads import default_threads
 
 __all__ = [
     "AudioInfo",
@@ -263,7 +264,7 @@ def read_audio_mono(path: str | os.PathLike, sample_rate: int | None = None,
         sr, frames, fmt = int(handle.samplerate), int(handle.frames), str(handle.format)
         if frames <= 0:
             raise AudioError(f"{path}: the file holds no audio samples")
-        parts = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+        parts = default_threads(workers)
         if fmt in _MONO_SEQUENTIAL_FORMATS or frames < _MONO_PARALLEL_FRAMES:
             parts = 1
         mono = np.empty(frames, dtype=dtype)

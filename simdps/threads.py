@@ -1,8 +1,15 @@
-"""BLAS threads: many small matrix products, or products already spread over threads, run on one."""
+"""Threads: how many a parallel step uses by default, and BLAS held to one inside such steps."""
 
 from __future__ import annotations
 
-__all__ = ["one_blas_thread"]
+import os
+
+__all__ = ["default_threads", "one_blas_thread"]
+
+
+def default_threads(threads: int | None) -> int:
+    """``threads`` if given (at least 1), else the CPU count, at most 4."""
+    return max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
 
 
 class one_blas_thread:
