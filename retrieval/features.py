@@ -54,7 +54,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-from simdps.audio import resample, to_mono
+from simdps.audio import as_float, resample, to_mono
 from simdps.config import SearchConfig
 
 __all__ = [
@@ -107,8 +107,7 @@ def search_signal(x: np.ndarray, sr: int, cfg: SearchConfig = SearchConfig()) ->
     """Mono float32 at ``cfg.sample_rate`` from ``(n,)`` or ``(n, channels)`` audio at ``sr`` (sec. 4.3).
 
     float32 audio is resampled in float32 (as the index build does), anything else in float64."""
-    x = np.asarray(x)
-    mono = to_mono(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64))
+    mono = to_mono(as_float(x))
     return np.ascontiguousarray(resample(mono, int(sr), cfg.sample_rate), dtype=np.float32)
 
 

@@ -28,7 +28,7 @@ from dataclasses import astuple
 
 import numpy as np
 
-from simdps.audio import check_finite, to_mono
+from simdps.audio import as_float, check_finite, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError
 from simdps.gaps import Gap, validate_gaps
@@ -99,10 +99,9 @@ def search_track(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    x = np.asarray(audio)
-    # float32 audio stays float32 (half the memory of a long track, and soxr runs ~2x faster);
-    # anything else is searched in float64. The mono mix is the only whole-track copy.
-    x = to_mono(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64))
+    # float32 audio stays float32, anything else is searched in float64; the mono mix is the
+    # only whole-track copy.
+    x = to_mono(as_float(audio))
     if x.ndim != 1 or x.size == 0:
         raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
     sr = int(sr)

@@ -24,6 +24,7 @@ from simdps.threads import default_threads
 
 __all__ = [
     "AudioInfo",
+    "as_float",
     "audio_info",
     "read_audio",
     "read_audio_mono",
@@ -340,9 +341,14 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int, *, quality: str = "HQ") -> 
         return np.asarray(x)
     if sr_in <= 0 or sr_out <= 0:
         raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    return soxr.resample(np.ascontiguousarray(as_float(x)), sr_in, sr_out, quality=quality)
+
+
+def as_float(x) -> np.ndarray:
+    """``x`` as an array: float32 and float64 as they are (float32 halves a long track's memory and
+    soxr runs ~2x faster in it), anything else (integers, float16) converted to float64."""
     x = np.asarray(x)
-    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
-    return soxr.resample(np.ascontiguousarray(x, dtype=dtype), sr_in, sr_out, quality=quality)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def check_finite(data: np.ndarray, what: str) -> None:
