@@ -247,7 +247,7 @@ def fit_pca(samples: list[Features], config: IndexConfig) -> ContextPCA:
     for side in SIDES:
         stft, chroma = [], []
         for feats in samples:
-            positions, has_pre, has_post = grid_positions(_covered(feats, cfg), cfg)
+            positions, has_pre, has_post = grid_positions(_covered(len(feats), cfg), cfg)
             chosen = positions[has_pre if side == "pre" else has_post]
             for _, g1, g2 in _side_blocks(feats, chosen, side, cfg, frame_u):
                 stft.append(g1)
@@ -266,9 +266,9 @@ def fit_pca(samples: list[Features], config: IndexConfig) -> ContextPCA:
     return pca
 
 
-def _covered(features: Features, cfg: SearchConfig) -> int:
-    """Samples at 12 kHz that phase-0 frames cover: ``n_fft + (T - 1) hop``."""
-    return cfg.n_fft + (len(features) - 1) * cfg.hop_length if len(features) else 0
+def _covered(count: int, cfg: SearchConfig) -> int:
+    """Samples at 12 kHz that ``count`` phase-0 frames cover: ``n_fft + (count - 1) hop``."""
+    return cfg.n_fft + (count - 1) * cfg.hop_length if count else 0
 
 
 _BLOCK_POSITIONS = 8192  # positions a block of embed_signal embeds (~12 min of audio at the default Lh)
@@ -283,7 +283,7 @@ def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackE
     """
     hop, n_fft = cfg.hop_length, cfg.n_fft
     total = n_frames(len(x12k), cfg)
-    positions, has_pre, has_post = grid_positions(n_fft + (total - 1) * hop if total else 0, cfg)
+    positions, has_pre, has_post = grid_positions(_covered(total, cfg), cfg)
     pre = np.zeros((len(positions), pca.dim), dtype=np.float32)
     post = np.zeros_like(pre)
     span = max(_frames_used(cfg))
@@ -303,7 +303,7 @@ def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackE
 
 def embed_track(features: Features, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:
     """Every position of one track (phase-0 features of the whole track at 12 kHz) embedded."""
-    positions, has_pre, has_post = grid_positions(_covered(features, cfg), cfg)
+    positions, has_pre, has_post = grid_positions(_covered(len(features), cfg), cfg)
     pre = np.zeros((len(positions), pca.dim), dtype=np.float32)
     post = np.zeros_like(pre)
     if has_pre.any():
