@@ -156,16 +156,12 @@ class Query:
     gs12: int
     ge12: int
     context: QueryContext
-    offset: int = 0  # track sample at audio[0]
-    n_frames: int = -1  # the whole track's length in samples (-1: len(audio))
+    offset: int  # track sample at audio[0]
+    track_frames: int  # the whole track's length in samples
 
     @property
     def length12(self) -> int:
         return self.ge12 - self.gs12
-
-    @property
-    def track_frames(self) -> int:
-        return len(self.audio) if self.n_frames < 0 else self.n_frames
 
 
 def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchConfig(),
@@ -209,7 +205,7 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
     if context.pre_extent == 0 and context.post_extent == 0:
         raise GapError(f"gap {gap} leaves under {cfg.n_fft / cfg.sample_rate:.3f} s of audio on both "
                        "sides, so there is no context to match; use a longer recording")
-    return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context, offset=first, n_frames=n)
+    return Query(x, sr, gap, gap_start, gap_end, y12, gs12, ge12, context, offset=first, track_frames=n)
 
 
 @dataclass(frozen=True)
@@ -529,18 +525,17 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig, handles: KeptHandles 
     None when the candidate has no admissible start, or when its native samples, read here
     for a hit re-scored from a kept signal, cannot be read (the file went since)."""
     sr_s, ratio = hit.sr, hit.sr / cfg.sample_rate
-    length = query.gap_end - query.gap_start
-    lo, hi = 0, hit.frames - int(round(length * sr_s / query.sr))
+    seg = int(round((query.gap_end - query.gap_start) * sr_s / query.sr))  # the segment at the source's rate
+    lo, hi = 0, hit.frames - seg
     if hit.bounds is not None:
         lo, hi = max(lo, hit.bounds[0]), min(hi, hit.bounds[1])
     if hi < lo:
         return None
+    coarse = int(round(hit.start12 * ratio))
     window = hit.window
     if window is None:
         # Only what eq. 11 compares: the boundary samples beside both ends of the segment at
         # every offset it tries (up to a whole hop), not the segment's middle.
-        coarse = int(round(hit.start12 * ratio))
-        seg = int(round(length * sr_s / query.sr))
         reach = int(math.ceil(cfg.hop_length * ratio)) + int(round(cfg.refine_boundary_ms * 1e-3 * sr_s)) + 4
         hole = (coarse + reach, coarse + seg - reach) if seg > 2 * reach + 16 else None
         try:
@@ -549,7 +544,7 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig, handles: KeptHandles 
             return None
     # The coarse grid left by step 3 is the frame hop: eq. 11's window is +-hop/2 around it
     # (a whole hop towards a limit the next grid start would have crossed).
-    coarse = int(round(hit.start12 * ratio)) - window.lo
+    coarse -= window.lo
     half_width, bounds = refine_window(coarse, (lo - window.lo, hi - window.lo), sr_s, cfg)
     refined = refine_start(query.audio, query.sr, query.gap_start - query.offset, query.gap_end - query.offset,
                            window.data, sr_s, coarse, half_width, cfg, bounds=bounds)
