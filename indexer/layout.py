@@ -36,7 +36,7 @@ from simdps.indexer.embed import TrackEmbeddings
 __all__ = [
     "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
     "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
-    "SIGNALS_DIR", "signal_path", "write_signal", "read_signal",
+    "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "write_signal", "read_signal",
 ]
 
 SIGNALS_DIR = "signals"
@@ -97,6 +97,13 @@ def signal_path(index_dir: str | Path, content_hash: str, sample_rate: int) -> P
     """Where an index keeps a file's search signal at ``sample_rate`` (named by both: a rebuild at
     another search rate never reads a signal made for the previous one)."""
     return Path(index_dir) / SIGNALS_DIR / f"{content_hash}-{sample_rate}.f32"
+
+
+def kept_signal_hashes(index_dir: str | Path, sample_rate: int) -> set[str]:
+    """Content hashes of the files whose search signal at ``sample_rate`` the index keeps."""
+    suffix = signal_path("", "", sample_rate).name
+    folder = Path(index_dir) / SIGNALS_DIR
+    return {p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}")} if folder.is_dir() else set()
 
 
 def write_signal(path: str | Path, x12k: np.ndarray) -> None:

@@ -134,9 +134,11 @@ def init_worker() -> None:
         pass
 
 
-def _keep_signal(path: str, signal: Path, cfg: SearchConfig) -> None:
-    """Decode a file already embedded, only to keep its search signal (a cache: failures are left
-    to the search, which then decodes the file itself)."""
+def _keep_signal(path: str, signal: Path | None, cfg: SearchConfig) -> None:
+    """Decode a file already embedded, only to keep its search signal, unless none is wanted or it is
+    kept already (a cache: failures are left to the search, which then decodes the file itself)."""
+    if signal is None or signal.exists():
+        return
     try:
         write_signal(signal, decode_search_signal(path, cfg)[0])
     except (SimDPSError, OSError):
@@ -156,15 +158,13 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         return FileResult(task.rel_path, None, False, why)
     signal = signal_path(task.signals_index, digest, cfg.sample_rate) if task.signals_index else None
     if digest == task.known_hash:
-        if signal is not None and not signal.exists():  # keep_signals turned on for an indexed file
-            _keep_signal(task.abs_path, signal, cfg)
+        _keep_signal(task.abs_path, signal, cfg)  # keep_signals turned on for an indexed file
         return FileResult(task.rel_path, digest, True, None, seconds=time.perf_counter() - t0)
     shard = shard_path(task.cache_dir, digest)
     if shard.exists():  # finished by an interrupted build, or the same content under another name
         try:
             emb, meta = read_shard(shard)
-            if signal is not None and not signal.exists():
-                _keep_signal(task.abs_path, signal, cfg)
+            _keep_signal(task.abs_path, signal, cfg)
             return FileResult(task.rel_path, digest, False, None, meta["sample_rate"], meta["channels"],
                               meta["frames"], len(emb), int(emb.has_pre.sum()), int(emb.has_post.sum()),
                               time.perf_counter() - t0, reused_shard=True)

@@ -28,7 +28,7 @@ from simdps.indexer.build import build_index
 from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
-from simdps.indexer.layout import SIGNALS_DIR, folder_bytes, gen_dir, signal_path
+from simdps.indexer.layout import SIGNALS_DIR, folder_bytes, gen_dir, kept_signal_hashes, signal_path
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.index_search import (
     SearchParams,
@@ -71,10 +71,7 @@ class Index:
         self._gen_info = gen_info
         # Files whose search signal the index kept (IndexConfig.keep_signals): their re-score
         # windows are read from it instead of decoded and resampled.
-        signals = index_dir / SIGNALS_DIR
-        self._signal_hashes = ({p.name[:-len(f"-{config.search.sample_rate}.f32")]
-                                for p in signals.glob(f"*-{config.search.sample_rate}.f32")}
-                               if signals.is_dir() else set())
+        self._signal_hashes = kept_signal_hashes(index_dir, config.search.sample_rate)
         store.set_search_params(faiss_pre, nprobe=config.nprobe, ef_search=config.ef_search)
         store.set_search_params(faiss_post, nprobe=config.nprobe, ef_search=config.ef_search)
 
