@@ -43,6 +43,7 @@ side; through ``U`` it is ~5.5 GFLOP once per hour plus ~6 GFLOP per side.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,8 @@ from simdps.retrieval.features import (
     use_chroma_basis,
 )
 
-__all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "embed_signal", "SIDES",
+__all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "embed_signal", "embed_stream",
+           "SIDES",
            "PCA_FILE"]
 
 SIDES = ("pre", "post")
@@ -271,34 +273,125 @@ def _covered(count: int, cfg: SearchConfig) -> int:
     return cfg.n_fft + (count - 1) * cfg.hop_length if count else 0
 
 
-_BLOCK_POSITIONS = 8192  # positions a block of embed_signal embeds (~12 min of audio at the default Lh)
+_BLOCK_POSITIONS = 8192  # positions a block of embed_stream embeds (~12 min of audio at the default Lh)
 
 
 def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:
-    """``embed_track(frame_features(x12k))``, with the frame features made block by block.
+    """``embed_track(frame_features(x12k))``, with the frame features made block by block
+    (:func:`embed_stream` of the whole signal as one chunk)."""
+    return embed_stream([x12k], pca, cfg)[0]
 
-    Each block of positions gets the phase-0 frames its contexts read and no others (about
-    2 % of the frames are computed twice), so the memory is the signal and its embeddings,
-    not the ~350 MB per hour of audio that a whole track's STFT magnitudes take.
+
+def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig, *,
+                 expected_samples: int = 0) -> tuple[TrackEmbeddings, int]:
+    """The embeddings of a 12-kHz signal that arrives in consecutive chunks (a file being
+    decoded), and the signal's length in samples.
+
+    Positions are embedded in blocks of ``_BLOCK_POSITIONS``, each from the phase-0 frames its
+    contexts read and no others (about 2 % of the frames are computed twice). A block is
+    embedded as soon as the signal reaches the end of its last post-context, and the samples
+    no later block reads are dropped. So the memory is one block's samples and frames plus
+    the embeddings (42 MB per hour of audio), not the whole signal (173 MB per hour) nor its
+    STFT magnitudes (~350 MB per hour). The result is the same, bit for bit, however the
+    signal is cut into chunks. ``expected_samples`` (optional) sizes the output up front.
     """
-    hop, n_fft = cfg.hop_length, cfg.n_fft
-    total = n_frames(len(x12k), cfg)
-    positions, has_pre, has_post = grid_positions(_covered(total, cfg), cfg)
-    pre = np.zeros((len(positions), pca.dim), dtype=np.float32)
-    post = np.zeros_like(pre)
+    hop, n_fft, lh = cfg.hop_length, cfg.n_fft, cfg.coarse_hop
     span = max(_frames_used(cfg))
-    for lo in range(0, len(positions), _BLOCK_POSITIONS):
-        hi = min(lo + _BLOCK_POSITIONS, len(positions))
-        block = positions[lo:hi]
-        if not (has_pre[lo:hi].any() or has_post[lo:hi].any()):
-            continue
+    extent = side_extent(cfg)
+
+    def frame_range(block: np.ndarray, total: int | None = None) -> tuple[int, int]:
+        """Frames ``[first, last)`` the contexts of ``block``'s positions read (of ``total``, when known)."""
         first = max(0, (int(block[0]) - n_fft) // hop - (span - 1))  # a pre-context's farthest frame
-        last = min(total, int(block[-1]) // hop + span)  # a post-context's farthest frame, exclusive
-        feats = frame_features(x12k[first * hop:(last - 1) * hop + n_fft], cfg)  # rows first..last-1
-        for side, has, out in (("pre", has_pre[lo:hi], pre[lo:hi]), ("post", has_post[lo:hi], post[lo:hi])):
+        last = int(block[-1]) // hop + span  # a post-context's farthest frame, exclusive
+        return first, last if total is None else min(total, last)
+
+    def embed_block(block: np.ndarray, has_pre: np.ndarray, has_post: np.ndarray, rows: slice,
+                    first: int, last: int) -> None:
+        feats = frame_features(tail.read(first * hop, (last - 1) * hop + n_fft), cfg)  # rows first..last-1
+        for side, has, out in (("pre", has_pre, pre), ("post", has_post, post)):
             if has.any():
-                out[has] = pca.embed_positions(feats, block[has] - first * hop, side, cfg)
-    return TrackEmbeddings(positions, has_pre, has_post, pre, post)
+                out[rows][has] = pca.embed_positions(feats, block[has] - first * hop, side, cfg)
+
+    per_block = _BLOCK_POSITIONS
+    pre = _Rows(int(expected_samples) // lh + 2, pca.dim)
+    post = _Rows(len(pre.data), pca.dim)
+    tail = _SignalTail(min(max(int(expected_samples), 1 << 16), per_block * lh + 2 * extent + (1 << 20)))
+    done = 0  # blocks embedded while the signal streams in
+    for chunk in chunks:
+        tail.append(chunk)
+        while True:  # every block whose positions all have both contexts in the signal by now
+            block = np.arange(done * per_block, (done + 1) * per_block, dtype=np.int64) * lh
+            if tail.end < int(block[-1]) + extent:
+                break
+            first, last = frame_range(block)  # the whole last context is here
+            pre.fit((done + 1) * per_block)
+            post.fit((done + 1) * per_block)
+            embed_block(block, block >= extent, np.ones(per_block, dtype=bool),
+                        slice(done * per_block, (done + 1) * per_block), first, last)
+            done += 1
+            tail.drop_before(frame_range(block + per_block * lh)[0] * hop)  # what the next block reads on
+    # The rest, as the whole signal's length now sets which sides fit.
+    total = n_frames(tail.end, cfg)
+    positions, has_pre, has_post = grid_positions(_covered(total, cfg), cfg)
+    pre.fit(len(positions))
+    post.fit(len(positions))
+    for lo in range(done * per_block, len(positions), per_block):
+        hi = min(lo + per_block, len(positions))
+        if has_pre[lo:hi].any() or has_post[lo:hi].any():
+            embed_block(positions[lo:hi], has_pre[lo:hi], has_post[lo:hi], slice(lo, hi),
+                        *frame_range(positions[lo:hi], total))
+    n = len(positions)
+    return TrackEmbeddings(positions, has_pre, has_post, pre.data[:n], post.data[:n]), tail.end
+
+
+class _SignalTail:
+    """The latest samples of a signal arriving in chunks: samples ``[base, end)``, dropped from the front."""
+
+    def __init__(self, capacity: int):
+        self.data = np.empty(capacity, dtype=np.float32)
+        self.base = 0
+        self.n = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + self.n
+
+    def append(self, chunk: np.ndarray) -> None:
+        if self.n + len(chunk) > len(self.data):
+            grown = np.empty(max(self.n + len(chunk), 2 * len(self.data)), dtype=np.float32)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:self.n + len(chunk)] = chunk
+        self.n += len(chunk)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Samples ``[lo, hi)``: a view, valid until the next append or drop."""
+        if lo < self.base or hi > self.end:
+            raise ValueError(f"samples [{lo}, {hi}) are not held (only [{self.base}, {self.end}))")
+        return self.data[lo - self.base:hi - self.base]
+
+    def drop_before(self, sample: int) -> None:
+        k = min(max(0, sample - self.base), self.n)
+        if k:
+            self.data[:self.n - k] = self.data[k:self.n]  # numpy copies overlapping ranges correctly
+            self.base += k
+            self.n -= k
+
+
+class _Rows:
+    """A zero-filled (rows, dim) float32 table that grows when asked for more rows."""
+
+    def __init__(self, rows: int, dim: int):
+        self.data = np.zeros((max(1, rows), dim), dtype=np.float32)
+
+    def fit(self, rows: int) -> None:
+        if rows > len(self.data):
+            grown = np.zeros((max(rows, 2 * len(self.data)), self.data.shape[1]), dtype=np.float32)
+            grown[:len(self.data)] = self.data
+            self.data = grown
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.data[rows]
 
 
 def embed_track(features: Features, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:

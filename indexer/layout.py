@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from simdps.indexer.embed import TrackEmbeddings
 __all__ = [
     "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
     "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
-    "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "write_signal", "read_signal",
+    "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "write_signal", "writing_signal", "read_signal",
 ]
 
 SIGNALS_DIR = "signals"
@@ -106,12 +108,21 @@ def kept_signal_hashes(index_dir: str | Path, sample_rate: int) -> set[str]:
     return {p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}")} if folder.is_dir() else set()
 
 
-def write_signal(path: str | Path, x12k: np.ndarray) -> None:
-    """A file's search signal as raw little-endian float32, through a temporary file."""
+@contextmanager
+def writing_signal(path: str | Path) -> Iterator[Callable[[np.ndarray], None]]:
+    """Yield a function that appends samples to a file's search signal (raw little-endian
+    float32), written through a temporary file moved onto ``path`` when the block ends
+    without an error (and deleted otherwise)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.ascontiguousarray(x12k, dtype="<f4").tofile(f)
+        yield lambda samples: np.ascontiguousarray(samples, dtype="<f4").tofile(f)
+
+
+def write_signal(path: str | Path, x12k: np.ndarray) -> None:
+    """A file's whole search signal, through a temporary file (:func:`writing_signal`)."""
+    with writing_signal(path) as write:
+        write(x12k)
 
 
 def read_signal(path: str | Path, lo: int, hi: int) -> np.ndarray:

@@ -1,7 +1,9 @@
 """One corpus file's work, run in a worker process: hash, decode, embed, write its shard.
 
-The decode is streamed (soundfile blocks -> mono -> soxr stream to 12 kHz), so a worker
-holds the 12 kHz signal and its features but never the whole file at its native rate.
+The decode is streamed (soundfile blocks -> mono -> soxr stream to 12 kHz) into the
+embedding, which embeds a block of positions as soon as its contexts have arrived: a worker
+holds one block's 12 kHz samples and frame features and the file's embeddings (42 MB per
+hour of audio), never the whole file, at its native rate or at 12 kHz.
 Every failure a file can cause (unreadable, empty, damaged) is returned as a message,
 never raised: one bad file must not stop a build.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +25,8 @@ import soxr
 from simdps.audio import audio_info, content_hash, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
-from simdps.indexer.embed import ContextPCA, embed_signal
-from simdps.indexer.layout import read_shard, shard_path, signal_path, write_shard, write_signal
+from simdps.indexer.embed import ContextPCA, embed_stream
+from simdps.indexer.layout import read_shard, shard_path, signal_path, write_shard, writing_signal
 
 __all__ = ["FileTask", "FileResult", "decode_search_signal", "process_file", "init_worker"]
 
@@ -64,6 +68,45 @@ def _expected_length(frames: int, sr_in: int, sr_out: int) -> int:
     return int(math.ceil(frames * sr_out / sr_in)) + 64
 
 
+def search_signal_chunks(path: str | os.PathLike, sample_rate: int, cfg: SearchConfig = SearchConfig(), *,
+                         start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Frames ``[start, stop)`` of a file (its rate ``sample_rate``), mono, at the search rate:
+    consecutive float32 chunks, decoded and resampled block by block (channel mean, then soxr HQ).
+
+    The chunks joined are :func:`decode_search_signal`'s signal; nothing holds the whole file.
+    A decoding failure or a NaN/Inf sample raises :class:`SimDPSError` when reached.
+    """
+    stream = None if sample_rate == cfg.sample_rate else soxr.ResampleStream(
+        sample_rate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
+
+    def checked(chunk: np.ndarray) -> np.ndarray:
+        if not np.all(np.isfinite(chunk)):
+            raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
+        return chunk
+
+    # (An exception in the consumer is not thrown in here at the yields, so this converts
+    # only the decoding's own failures.)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start:
+                f.seek(start)
+            remaining = max(0, (f.frames if stop is None else min(stop, f.frames)) - start)
+            while remaining > 0:
+                block = f.read(min(_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                remaining -= len(block)
+                mono = to_mono(block)  # channel mean (column by column: numpy's mean(axis=1) is ~6x slower)
+                yield checked(mono if stream is None else stream.resample_chunk(mono, last=False))
+            if stream is not None:
+                yield checked(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    except SimDPSError:
+        raise
+    except Exception as exc:
+        raise SimDPSError(f"{path}: decoding failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                          "the file may be damaged") from None
+
+
 def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConfig(), *,
                          start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
     """Frames ``[start, stop)`` of a file, mono, at the search rate, streamed block by block.
@@ -73,45 +116,18 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
     """
     info = audio_info(path)
     stop = info.frames if stop is None else min(stop, info.frames)
-    stream = None if info.sample_rate == cfg.sample_rate else soxr.ResampleStream(
-        info.sample_rate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
     # Written into one array sized for the whole output (no list of blocks to join: that
     # doubled a long file's peak); grown in the unlikely case the resampler gives more.
     x = np.empty(_expected_length(max(0, stop - start), info.sample_rate, cfg.sample_rate), dtype=np.float32)
     n = 0
-
-    def put(chunk: np.ndarray) -> None:
-        nonlocal x, n
+    for chunk in search_signal_chunks(path, info.sample_rate, cfg, start=start, stop=stop):
         if n + len(chunk) > len(x):
             grown = np.empty(max(n + len(chunk), 2 * len(x)), dtype=np.float32)
             grown[:n] = x[:n]
             x = grown
         x[n:n + len(chunk)] = chunk
         n += len(chunk)
-
-    try:
-        with sf.SoundFile(str(path)) as f:
-            if start:
-                f.seek(start)
-            remaining = max(0, stop - start)
-            while remaining > 0:
-                block = f.read(min(_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
-                if len(block) == 0:
-                    break
-                remaining -= len(block)
-                mono = to_mono(block)  # channel mean (column by column: numpy's mean(axis=1) is ~6x slower)
-                put(mono if stream is None else stream.resample_chunk(mono, last=False))
-            if stream is not None:
-                put(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    except SimDPSError:
-        raise
-    except Exception as exc:
-        raise SimDPSError(f"{path}: decoding failed ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
-                          "the file may be damaged") from None
-    x = x[:n]
-    if not np.all(np.isfinite(x)):
-        raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
-    return np.ascontiguousarray(x, dtype=np.float32), info.sample_rate
+    return np.ascontiguousarray(x[:n]), info.sample_rate
 
 
 _PCA_CACHE: dict[str, ContextPCA] = {}
@@ -140,9 +156,22 @@ def _keep_signal(path: str, signal: Path | None, cfg: SearchConfig) -> None:
     if signal is None or signal.exists():
         return
     try:
-        write_signal(signal, decode_search_signal(path, cfg)[0])
+        with writing_signal(signal) as write:
+            for chunk in search_signal_chunks(path, audio_info(path).sample_rate, cfg):
+                write(chunk)
     except (SimDPSError, OSError):
         pass
+
+
+def _kept(signal: Path | None) -> ContextManager[Callable[[np.ndarray], None] | None]:
+    """:func:`writing_signal` into ``signal``, or None when no signal is wanted or it is kept already."""
+    return nullcontext() if signal is None or signal.exists() else writing_signal(signal)
+
+
+def _written(chunks: Iterator[np.ndarray], write: Callable[[np.ndarray], None]) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        write(chunk)
+        yield chunk
 
 
 def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
@@ -172,16 +201,18 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
             shard.unlink(missing_ok=True)
     try:
         info = audio_info(task.abs_path)
-        x12k, _ = decode_search_signal(task.abs_path, cfg)
         pca = _pca(task.pca_path)
         pca.use_filterbank(cfg)  # an incremental build's features match the live index's
-        emb = embed_signal(x12k, pca, cfg)  # frame features block by block: memory flat in the file's length
-        meta = {"sample_rate": info.sample_rate, "channels": info.channels, "frames": info.frames,
-                "n_samples_12k": int(len(x12k))}
+        chunks = search_signal_chunks(task.abs_path, info.sample_rate, cfg)
         try:
-            if signal is not None and not signal.exists():  # before the shard: a shard means the file is done
-                write_signal(signal, x12k)
-            write_shard(shard, emb, meta)
+            # Embedded while decoded (memory flat in the file's length), the signal kept on
+            # the way when wanted: before the shard, as a shard means the file is done.
+            with _kept(signal) as keep:
+                emb, n12 = embed_stream(chunks if keep is None else _written(chunks, keep), pca, cfg,
+                                        expected_samples=_expected_length(info.frames, info.sample_rate,
+                                                                          cfg.sample_rate))
+            write_shard(shard, emb, {"sample_rate": info.sample_rate, "channels": info.channels,
+                                     "frames": info.frames, "n_samples_12k": n12})
         except OSError as exc:  # a full disk, say: this file fails, the index stays consistent
             raise SimDPSError(f"cannot write its embeddings into the index folder ({exc.strerror or exc}); "
                               "free some disk space and run the build again") from None

@@ -10,7 +10,8 @@ from conftest import piano_like
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.config import IndexConfig
-from simdps.indexer.embed import ContextPCA, embed_signal, embed_track, fit_pca, grid_positions, side_extent
+from simdps.indexer.embed import (ContextPCA, embed_signal, embed_stream, embed_track, fit_pca, grid_positions,
+                                  side_extent)
 from simdps.retrieval.features import context_block, frame_features
 from simdps.retrieval.index_search import side_distances
 
@@ -72,6 +73,30 @@ def test_a_signal_embedded_block_by_block_gives_the_whole_tracks_embeddings(sign
         np.testing.assert_allclose(blocked.pre, whole.pre, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(blocked.post, whole.post, rtol=1e-5, atol=1e-6)
         assert whole.has_pre.any() and whole.has_post.any()
+
+
+@pytest.mark.parametrize("expected", [0, 50_000, 400_000])  # output sized from no, a short or a long guess
+def test_a_signal_arriving_in_chunks_is_embedded_the_same_bit_for_bit_while_holding_only_a_block(
+        signals, fitted, monkeypatch, expected):
+    """The build embeds a file while it is decoded: blocks of positions are embedded as soon as
+    their contexts have arrived and the samples behind them dropped, whatever the chunks."""
+    import simdps.indexer.embed as embed
+
+    _, pca = fitted
+    monkeypatch.setattr(embed, "_BLOCK_POSITIONS", 37)  # 25 s: 293 positions, 8 blocks
+    x = signals[1][:290_017]
+    whole = embed_signal(x, pca, CFG)
+    cuts = np.sort(np.random.default_rng(3).choice(len(x), 60, replace=False))
+    chunks = np.split(x, np.concatenate([[0, 0], cuts]))  # empty chunks too
+    held = []
+    append = embed._SignalTail.append
+    monkeypatch.setattr(embed._SignalTail, "append", lambda tail, c: (append(tail, c), held.append(tail.n)))
+    got, n = embed_stream(iter(chunks), pca, CFG, expected_samples=expected)
+    assert n == len(x)
+    for field in ("positions", "has_pre", "has_post", "pre", "post"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(whole, field))
+    assert whole.has_pre.sum() > 200 and whole.has_post.sum() > 200
+    assert max(held) < len(x) / 2  # a block's contexts (~9 s), not the whole 24 s
 
 
 def test_squared_embedding_distance_approximates_the_side_cost_from_below(fitted):
