@@ -278,8 +278,9 @@ _BLOCK_POSITIONS = 8192  # positions a block of embed_stream embeds (~12 min of 
 
 def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackEmbeddings:
     """``embed_track(frame_features(x12k))``, with the frame features made block by block
-    (:func:`embed_stream` of the whole signal as one chunk)."""
-    return embed_stream([x12k], pca, cfg)[0]
+    (:func:`embed_stream` of the whole signal, which is read where it is, not copied)."""
+    x12k = np.ascontiguousarray(x12k, dtype=np.float32)
+    return _embed(_SignalTail.holding(x12k), [], pca, cfg, len(x12k))[0]
 
 
 def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig, *,
@@ -295,6 +296,14 @@ def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfi
     STFT magnitudes (~350 MB per hour). The result is the same, bit for bit, however the
     signal is cut into chunks. ``expected_samples`` (optional) sizes the output up front.
     """
+    block_samples = _BLOCK_POSITIONS * cfg.coarse_hop + 2 * side_extent(cfg) + (1 << 20)
+    return _embed(_SignalTail(min(max(int(expected_samples), 1 << 16), block_samples)), chunks, pca, cfg,
+                  expected_samples)
+
+
+def _embed(tail: "_SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig,
+           expected_samples: int) -> tuple[TrackEmbeddings, int]:
+    """:func:`embed_stream` of the samples ``tail`` holds followed by ``chunks``."""
     hop, n_fft, lh = cfg.hop_length, cfg.n_fft, cfg.coarse_hop
     span = max(_frames_used(cfg))
     extent = side_extent(cfg)
@@ -315,7 +324,6 @@ def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfi
     per_block = _BLOCK_POSITIONS
     pre = _Rows(int(expected_samples) // lh + 2, pca.dim)
     post = _Rows(len(pre.data), pca.dim)
-    tail = _SignalTail(min(max(int(expected_samples), 1 << 16), per_block * lh + 2 * extent + (1 << 20)))
     done = 0  # blocks embedded while the signal streams in
     for chunk in chunks:
         tail.append(chunk)
@@ -345,22 +353,33 @@ def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfi
 
 
 class _SignalTail:
-    """The latest samples of a signal arriving in chunks: samples ``[base, end)``, dropped from the front."""
+    """The latest samples of a signal arriving in chunks: samples ``[base, end)``, dropped from the front.
+
+    :meth:`holding` a whole signal keeps the caller's array as it is, not copied (and never
+    writes to it: the tail reads it, and drops samples by slicing it)."""
 
     def __init__(self, capacity: int):
+        self.capacity = capacity
         self.data = np.empty(capacity, dtype=np.float32)
+        self.owned = True  # self.data is this tail's own buffer (else the caller's array, all of it held)
         self.base = 0
         self.n = 0
+
+    @classmethod
+    def holding(cls, x: np.ndarray) -> "_SignalTail":
+        tail = cls(0)
+        tail.data, tail.owned, tail.n = x, False, len(x)
+        return tail
 
     @property
     def end(self) -> int:
         return self.base + self.n
 
     def append(self, chunk: np.ndarray) -> None:
-        if self.n + len(chunk) > len(self.data):
-            grown = np.empty(max(self.n + len(chunk), 2 * len(self.data)), dtype=np.float32)
+        if self.n + len(chunk) > len(self.data):  # grown geometrically: a block may outgrow the capacity
+            grown = np.empty(max(self.n + len(chunk), 2 * self.n, self.capacity), dtype=np.float32)
             grown[:self.n] = self.data[:self.n]
-            self.data = grown
+            self.data, self.owned = grown, True
         self.data[self.n:self.n + len(chunk)] = chunk
         self.n += len(chunk)
 
@@ -372,10 +391,14 @@ class _SignalTail:
 
     def drop_before(self, sample: int) -> None:
         k = min(max(0, sample - self.base), self.n)
-        if k:
-            self.data[:self.n - k] = self.data[k:self.n]  # numpy copies overlapping ranges correctly
-            self.base += k
-            self.n -= k
+        if not k:
+            return
+        if self.owned:  # the rest moved to the front of the same buffer (numpy copies overlaps correctly)
+            self.data[:self.n - k] = self.data[k:self.n]
+        else:
+            self.data = self.data[k:]
+        self.base += k
+        self.n -= k
 
 
 class _Rows:

@@ -376,6 +376,46 @@ def test_a_full_disk_fails_the_files_it_stops_with_a_clear_error_not_the_build(t
     assert sorted(check_consistent(tmp_path / "idx", root)["ok"]) == ["a.wav"]
 
 
+def test_a_disk_filling_up_while_a_kept_signal_is_written_fails_that_file_and_leaves_no_partial_signal(
+        tmp_path, monkeypatch):
+    """The search signal is written chunk by chunk while the file is embedded: a write that fails
+    part-way fails the file with the clear message, and no partial signal or temporary file stays."""
+    import dataclasses
+    import errno
+    from contextlib import contextmanager
+
+    import simdps.indexer.work as work
+
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 20.0, 1)
+    write(root / "b.wav", 20.0, 2)
+    monkeypatch.setattr(work, "_BLOCK_FRAMES", 65_536)  # several chunks a file
+    real, opened = work.writing_signal, []
+
+    @contextmanager
+    def filling(path):  # the disk fills while the second file's signal is written
+        opened.append(path)
+        second, written = len(opened) == 2, []
+        with real(path) as put:
+            def write(samples):
+                if second and len(written) == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                written.append(len(samples))
+                put(samples)
+
+            yield write
+
+    monkeypatch.setattr(work, "writing_signal", filling)
+    config = dataclasses.replace(SMALL, keep_signals=True)
+    result = build_index(root, tmp_path / "idx", config=config, workers=1, progress=False)
+    assert (result.stats.files_added, result.stats.files_failed) == (1, 1)
+    (failed, why), = result.errors
+    assert "No space left on device" in why and "free some disk space" in why
+    ok = {"a.wav", "b.wav"} - {failed}
+    assert sorted(check_consistent(tmp_path / "idx", root)["ok"]) == sorted(ok)
+    assert [p.name for p in (tmp_path / "idx" / "signals").iterdir()] == [opened[0].name]  # no partial, no .tmp
+
+
 def test_corpus_folder_must_exist(tmp_path):
     with pytest.raises(SimDPSError, match="corpus folder not found"):
         build_index(tmp_path / "nope", tmp_path / "idx", progress=False)
