@@ -137,11 +137,14 @@ def query(track, gap, index_dir, k, as_json, no_track, db_url, n_rescore, max_re
                              params=params)
     for note in notes:
         click.echo(f"note: {note}", err=True)
+    if not cands:
+        where = "the index's recordings" if no_track else "TRACK (away from the gap) or the index's recordings"
+        click.echo(f"no candidate found: none of {where} holds a {gap.length_s:g}-s segment with its context "
+                   "on both sides; try a shorter gap, or index longer recordings", err=True)
     if as_json:
         click.echo(json.dumps({"candidates": [c.to_json() for c in cands]}, indent=2))
         return
     if not cands:
-        click.echo("no candidate found")
         return
     click.echo(f"{'rank':>4}  {'cost':>8}  {'stft':>7}  {'chroma':>7}  {'start_s':>10}  source")
     for i, c in enumerate(cands, 1):

@@ -61,6 +61,9 @@ def parse_time(text: str) -> float:
 def parse_gap(text: str) -> Gap:
     """A gap from ``"START:END"`` in seconds, ``"mm:ss.s-mm:ss.s"``, or ``"mm:ss.s:mm:ss.s"``."""
     text = str(text).strip()
+    if text.startswith("-"):
+        raise GapError(f"gap {text!r} starts before the recording: gap times count seconds from its start, "
+                       "0 or more (12.5:14.5)")
     if "-" in text:
         parts = text.split("-")
     else:
@@ -78,7 +81,9 @@ def parse_gap(text: str) -> Gap:
         )
     start, end = parse_time(parts[0]), parse_time(parts[1])
     if end <= start:
-        raise GapError(f"gap {text!r} is empty or reversed: its end must come after its start")
+        raise GapError(f"gap {text!r} reads as {_seconds(start)} s to {_seconds(end)} s, which is empty or "
+                       "reversed: a gap needs a START and a later END, START:END in seconds (60:62.5) or "
+                       "mm:ss.s-mm:ss.s (1:00-1:02.5)")
     return Gap(start, end)
 
 

@@ -38,6 +38,16 @@ def test_malformed_gaps_raise_a_clear_error(text):
         parse_gap(text)
 
 
+@pytest.mark.parametrize("text, says", [
+    ("-2:1", "starts before the recording"),  # not "cannot read ''"
+    ("1:00.0", "reads as 1 s to 0 s"),  # one mm:ss.s time, no END: read as START:END, reversed
+    ("7:5", "a START and a later END"),
+])
+def test_a_negative_or_reversed_gap_says_what_is_wrong_with_it(text, says):
+    with pytest.raises(GapError, match=says):
+        parse_gap(text)
+
+
 def test_gaps_outside_or_overlapping_are_refused():
     with pytest.raises(GapError, match="outside"):
         validate_gaps([Gap(9.0, 11.0)], 10.0)

@@ -265,6 +265,10 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     assert exit_info.value.code == 2 and "outside" in err and "Traceback" not in err
     with pytest.raises(GapError, match="outside"):
         Index.open(index_dir).search(piano_like(12.0, SR), SR, (20.0, 21.0))
+    main(["query", str(query), "--gap", "1:11", "--index", str(index_dir), "--json"])  # no 10-s segment has context
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"candidates": []}
+    assert "no candidate found" in out.err and "10-s segment" in out.err and "shorter gap" in out.err
 
 
 def test_an_index_of_an_older_format_asks_for_a_rebuild(corpus, tmp_path):
