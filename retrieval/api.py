@@ -45,6 +45,7 @@ from simdps.retrieval.index_search import (
     group_windows,
     rescore,
 )
+from simdps.retrieval.refine import MIN_RANKED
 
 __all__ = ["Index"]
 
@@ -169,14 +170,15 @@ class Index:
         params = params or SearchParams()
         cfg = self.config.search
         query = prepare_query(audio, sr, gap, cfg)
+        ranked = max(k, MIN_RANKED)  # eq. 11 re-ranks: the best k of at least 10 (refine.MIN_RANKED)
         with one_blas_thread():
-            found = self._search_index(query, k, params, path, exclude_query_track=include_track,
+            found = self._search_index(query, ranked, params, path, exclude_query_track=include_track,
                                        refine_offsets=refine_offsets)
         if include_track:
             from simdps.retrieval.track import search_track
 
             try:
-                found += search_track(audio, sr, query.gap, k=k, cfg=cfg,
+                found += search_track(audio, sr, query.gap, k=ranked, cfg=cfg,
                                       path=str(path) if path is not None else "<query>")
             except GapError:
                 pass  # the track leaves no room for an in-track candidate: the corpus alone answers

@@ -44,7 +44,14 @@ import numpy as np
 from simdps.config import SearchConfig
 from simdps.retrieval.candidate import read_window, resample_window
 
-__all__ = ["Refinement", "refine_start", "refine_half_width", "refine_window"]
+__all__ = ["Refinement", "refine_start", "refine_half_width", "refine_window", "MIN_RANKED"]
+
+# eq. 11 moves a start by up to half a frame hop and J is evaluated again there, which can
+# reorder the candidates: the best refined match may come from the 3rd best start on the frame
+# grid. So a search ranks at least this many refined candidates and returns the best k of them:
+# its list for any k up to MIN_RANKED is the first k of its list for MIN_RANKED (asked for 1,
+# it gives the best of the 10, not the refinement of the best grid start).
+MIN_RANKED = 10
 
 _MODES = ("context", "eq11")
 

@@ -35,7 +35,7 @@ from simdps.gaps import Gap, validate_gaps
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.cost import CandidateCosts, costs_at, grid_costs, query_context
 from simdps.retrieval.features import search_signal
-from simdps.retrieval.refine import refine_start, refine_window
+from simdps.retrieval.refine import MIN_RANKED, refine_start, refine_window
 from simdps.threads import default_threads
 
 __all__ = ["search_track"]
@@ -164,7 +164,7 @@ def search_track(
     length = gap_end - gap_start
     context = int(round(cfg.context_s * sr))
     refined_starts: list[int] = []
-    for i in _select(costs, k, cfg.n_fft):
+    for i in _select(costs, max(k, MIN_RANKED), cfg.n_fft):  # re-ranked below, then the best k
         t12 = int(costs.starts[i])
         coarse = to_native(t12)
         if t12 < gs12:
@@ -183,4 +183,4 @@ def search_track(
         Candidate(path, start / sr, start, sr, *astuple(final.parts(i)), source="track", audio=mono)
         for i, start in enumerate(refined_starts)
     ]
-    return sorted(candidates, key=lambda c: (c.cost, c.start_sample))
+    return sorted(candidates, key=lambda c: (c.cost, c.start_sample))[:k]

@@ -37,3 +37,18 @@ def make_wav(tmp_path):
         return path
 
     return _make
+
+
+def repeating_tune(sr: int, duration_s: float, *, seed: int = 10, noise_seed: int | None = None) -> np.ndarray:
+    """Sixteen half-second notes played over and over (every 8 s) in faint noise: many near-equal matches.
+
+    ``noise_seed`` (default ``seed``) draws other noise over the same tune."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * duration_s)) / sr
+    notes = rng.choice([220, 247, 262, 294, 330, 349, 392, 440], 16)
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
+    i = (t / 0.5).astype(int)
+    f = notes[i % 16]
+    x = 0.3 * np.exp(-3 * (t - 0.5 * i)) * (np.sin(2 * np.pi * f * t) + 0.5 * np.sin(4 * np.pi * f * t))
+    return (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import piano_like
+from conftest import piano_like, repeating_tune
 
 from simdps import Index
 from simdps.config import SearchConfig
@@ -482,3 +482,21 @@ def test_byte_identical_copies_in_the_corpus_are_searched_and_returned_once(tmp_
     assert {Path(c.path).name for c in cands} <= {"a.flac", "other.flac"}
     starts = sorted(c.start_sample for c in cands if Path(c.path).name == "a.flac")
     assert all(b - a > CFG.coarse_hop * SR / CFG.sample_rate for a, b in zip(starts, starts[1:]))
+
+
+def test_the_best_k_from_the_index_are_the_first_k_of_a_longer_list(tmp_path):
+    """eq. 11 re-ranks the refined candidates: asked for fewer, the search returns the first of
+    the longer list, from the index and from the track itself."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(root / "tune.wav", repeating_tune(SR, 60.0), SR)
+    sf.write(root / "other.wav", piano_like(30.0, SR, seed=3), SR)
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    q = repeating_tune(SR, 40.0, noise_seed=99)  # the same tune in other noise: many near-equal matches
+    for include_track in (False, True):
+        ten = [(c.path, c.start_sample, c.cost) for c in index.search(q, SR, (20.0, 22.0), k=10,
+                                                                       include_track=include_track)]
+        assert len(ten) == 10
+        for k in (1, 3):
+            got = index.search(q, SR, (20.0, 22.0), k=k, include_track=include_track)
+            assert [(c.path, c.start_sample, c.cost) for c in got] == ten[:k]

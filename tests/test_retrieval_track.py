@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import piano_like
+from conftest import piano_like, repeating_tune
 
 from simdps.errors import GapError
 from simdps.gaps import Gap
@@ -133,3 +133,13 @@ def test_a_float32_track_is_searched_in_float32_and_in_blocks(monkeypatch):
     assert [c.start_sample for c in got] == [c.start_sample for c in ref]
     np.testing.assert_allclose([c.cost for c in got], [c.cost for c in ref], rtol=1e-4, atol=1e-5)
     assert got[0].audio.dtype == np.float32
+
+
+def test_the_best_k_are_the_first_k_of_a_longer_list():
+    """eq. 11 re-ranks the refined starts; asked for fewer candidates, the search still returns the
+    first of the longer list (here the best start on the frame grid does not refine to the best match)."""
+    x = repeating_tune(22_050, 60.0)
+    ten = [(c.start_sample, c.cost) for c in search_track(x, 22_050, (20.0, 22.0), k=10)]
+    assert len(ten) == 10 and [c for _, c in ten] == sorted(c for _, c in ten)
+    for k in (1, 2, 3, 5):
+        assert [(c.start_sample, c.cost) for c in search_track(x, 22_050, (20.0, 22.0), k=k)] == ten[:k]
