@@ -84,15 +84,21 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
         "removed": s.files_removed, "failed": s.files_failed, "ignored": s.files_ignored,
         "hours": s.hours, "vectors": s.vectors, "seconds": result.seconds,
         "errors": [{"path": p, "error": e} for p, e in result.errors],
+        "still_failing": [{"path": p, "error": e} for p, e in result.still_failing],
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"{index_dir}: {s.files_added} added, {s.files_unchanged} unchanged, {s.files_removed} removed, "
-               f"{s.files_failed} failed, {s.files_ignored} non-audio ignored; "
+               f"{s.files_failed} failed"
+               + (f" (and {len(result.still_failing)} unchanged since failing before)" if result.still_failing else "")
+               + f", {s.files_ignored} non-audio ignored; "
                f"{s.hours:.2f} h indexed, {s.vectors} vectors ({result.factory}), {result.seconds:.1f} s")
     for path, err in result.errors:
         click.echo(f"  skipped {path}: {err}", err=True)
+    for path, err in result.still_failing:
+        click.echo(f"  still skipped {path} (unchanged since: {err}); fix or remove it, or try again with "
+                   "--rebuild", err=True)
 
 
 @cli.command()

@@ -77,6 +77,9 @@ class BuildResult:
     seconds: float
     errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, message)
     full_rebuild: bool = False
+    # Files that failed in an earlier build and are unchanged since, so not tried again
+    # (``--rebuild`` tries them): (relative path, the recorded message).
+    still_failing: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _crashed(task: FileTask) -> FileResult:
@@ -222,7 +225,9 @@ class _Build:
         for f in files:
             stat_of[f.rel_path] = f
             row = rows.get(f.rel_path)
-            usable = row is not None and (row.status == "error" or (
+            # A file that failed before is tried again only once it changes, or in a --rebuild
+            # (another version of the decoders may read it).
+            usable = row is not None and ((row.status == "error" and not self.rebuild) or (
                 use_live and shard_path(self.cache_dir, row.content_hash).exists()))
             if usable and row.size_bytes == f.size_bytes and row.mtime_ns == f.mtime_ns:
                 if not (signals and row.status == "ok"
@@ -296,8 +301,9 @@ class _Build:
         # ---- after the commit: left-overs can go ------------------------------------------
         remove_other_generations(self.index_dir, keep=generation)
         self._prune_cache(ok_hashes)
+        still = sorted((t.path, t.error or "") for t in unchanged + touched if t.status == "error")
         return BuildResult(self.index_dir, generation, factory, self.stats, 0.0,
-                           [(r.rel_path, r.error or "") for r in errors], full)
+                           [(r.rel_path, r.error or "") for r in errors], full, still)
 
     # ------------------------------------------------------------------------------
     def _pca(self, live_dir: Path | None, files: list[CorpusFile]) -> Path:

@@ -226,6 +226,15 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["added"] == 3 and summary["failed"] == 2 and summary["ignored"] == 2
     assert {e["path"] for e in summary["errors"]} == {"broken.wav", "empty.flac"}
+    main(["build", str(corpus), "--index", str(index_dir), "-q", "--json"])  # nothing changed: not tried again
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["added"], summary["unchanged"], summary["failed"]) == (0, 5, 0) and not summary["errors"]
+    assert {e["path"] for e in summary["still_failing"]} == {"broken.wav", "empty.flac"}
+    main(["build", str(corpus), "--index", str(index_dir), "-q"])
+    assert "still skipped broken.wav" in capsys.readouterr().err
+    main(["build", str(corpus), "--index", str(index_dir), "-q", "--json", "--rebuild"])  # tried again
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["added"], summary["failed"]) == (3, 2) and not summary["still_failing"]
 
     main(["info", "--index", str(index_dir), "--json"])
     info = json.loads(capsys.readouterr().out)
