@@ -41,7 +41,7 @@ from simdps.audio import audio_info, content_hash
 from simdps.errors import SimDPSError
 from simdps.indexer import store
 from simdps.indexer.catalog import BuildStats, Catalog, TrackRow, default_url, display_url
-from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig
+from simdps.indexer.config import CONFIG_FILE, FORMAT_VERSION, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, fit_pca
 from simdps.indexer.generation import live_factory, write_generation
 from simdps.indexer.layout import (
@@ -82,6 +82,15 @@ class BuildResult:
     still_failing: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a file name in another encoding holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _crashed(task: FileTask) -> FileResult:
     """The result of a file whose processing killed its worker process twice (once alone)."""
     try:
@@ -118,6 +127,8 @@ def build_index(corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
     if not corpus_root.is_dir():
         raise SimDPSError(f"{corpus_dir}: corpus folder not found; pass a folder of audio files")
     corpus_root = corpus_root.resolve()
+    if (index_dir / CONFIG_FILE).exists():  # another program's folder is refused before a lock is left in it
+        read_index_config(index_dir, any_version=True)
     index_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(index_dir):
         return _build_locked(t_start, corpus_root, index_dir, config, db_url, workers, rebuild, progress)
@@ -164,9 +175,9 @@ def _settings(index_dir: Path, corpus_root: Path, config: IndexConfig | None, db
     path = index_dir / CONFIG_FILE
     if not path.exists():
         return config or IndexConfig(), db_url or default_url(index_dir)
-    from simdps.indexer.config import read_index_config
-
-    stored = read_index_config(index_dir)
+    stored = read_index_config(index_dir, any_version=rebuild)
+    if stored["format_version"] != FORMAT_VERSION:  # an index of another version, rebuilt from scratch
+        return config or IndexConfig(), db_url or default_url(index_dir)
     stored_cfg = IndexConfig.from_dict(stored["index"])
     stored_url = stored.get("db_url") or default_url(index_dir)
     if db_url is None:
@@ -211,6 +222,8 @@ class _Build:
         use_live = live_dir is not None and not self.rebuild
 
         files, self.stats.files_ignored = scan_corpus(self.corpus_root, exclude=[self.index_dir])
+        misnamed = [f for f in files if not _utf8(f.rel_path)]  # the catalog stores UTF-8 text
+        files = [f for f in files if _utf8(f.rel_path)]
         self.stats.files_seen = len(files)
         rows = self.catalog.tracks()
         scanned = {f.rel_path for f in files}
@@ -262,7 +275,7 @@ class _Build:
         self.stats.files_added = len(new_ok)
         self.stats.files_unchanged = len(unchanged) + len(touched)
         self.stats.files_removed = len(removed_paths)
-        self.stats.files_failed = len(errors)
+        self.stats.files_failed = len(errors) + len(misnamed)
 
         next_id = self.catalog.next_track_id()
         new_rows: list[TrackRow] = []
@@ -302,8 +315,11 @@ class _Build:
         remove_other_generations(self.index_dir, keep=generation)
         self._prune_cache(ok_hashes)
         still = sorted((t.path, t.error or "") for t in unchanged + touched if t.status == "error")
-        return BuildResult(self.index_dir, generation, factory, self.stats, 0.0,
-                           [(r.rel_path, r.error or "") for r in errors], full, still)
+        failed = [(r.rel_path, r.error or "") for r in errors] + [
+            (f.rel_path.encode("utf-8", "backslashreplace").decode("utf-8"),
+             "its name is not valid UTF-8 (another encoding, such as Latin-1), which the catalog cannot "
+             "record; rename it to UTF-8 (for example with `convmv -f latin1 -t utf8`)") for f in misnamed]
+        return BuildResult(self.index_dir, generation, factory, self.stats, 0.0, sorted(failed), full, still)
 
     # ------------------------------------------------------------------------------
     def _pca(self, live_dir: Path | None, files: list[CorpusFile]) -> Path:

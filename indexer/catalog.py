@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
 from simdps.errors import SimDPSError
 
@@ -40,9 +40,18 @@ def default_url(index_dir: str | Path) -> str:
     return f"sqlite:///{Path(index_dir).resolve() / CATALOG_FILE}"
 
 
+def parse_url(url: str) -> URL:
+    """``url`` parsed by SQLAlchemy, or a clear error (which does not repeat it: it may hold a password)."""
+    try:
+        return make_url(url)
+    except Exception:
+        raise SimDPSError("cannot read the catalog URL (--db) as a SQLAlchemy URL; pass one such as "
+                          "sqlite:////path/catalog.sqlite or postgresql+psycopg://user@host/db") from None
+
+
 def display_url(url: str) -> str:
     """The URL with any password masked (what is safe to print or store in config.json)."""
-    return make_url(url).render_as_string(hide_password=True)
+    return parse_url(url).render_as_string(hide_password=True)
 
 
 def utc_now() -> str:
@@ -94,6 +103,16 @@ class Catalog:
 
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
+        parsed = parse_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+                raise SimDPSError("an in-memory SQLite catalog is lost when the build ends; give a file "
+                                  "(sqlite:////path/catalog.sqlite), or leave --db out to keep it in the index folder")
+            if not create and not database.startswith("file:") and not Path(database).exists():
+                # (connecting would create an empty file: a read must not write)
+                raise SimDPSError(f"{display_url(url)}: no such catalog file; build the index first with "
+                                  "`simdps-index build`, or pass the --db URL it was built with")
         try:
             self.engine: Engine = sa.create_engine(url, future=True)
         except Exception as exc:  # bad URL, missing driver
@@ -110,6 +129,10 @@ class Catalog:
             raise SimDPSError(f"cannot connect to catalog {display_url(url)}: "
                               f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}; "
                               "check the --db URL and that the server is running") from None
+        except sa.exc.DatabaseError as exc:  # e.g. a file that is not a database (overwritten, damaged)
+            raise SimDPSError(f"{display_url(url)}: not a readable catalog "
+                              f"({str(exc.orig).strip().splitlines()[0] if exc.orig else exc}); if it is damaged, "
+                              "move it away and rebuild the index with `simdps-index build --rebuild`") from None
 
     # ---- schema -------------------------------------------------------------------
     def create_schema(self) -> None:

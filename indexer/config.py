@@ -66,8 +66,9 @@ class IndexConfig:
         return cls(search=SearchConfig(**search), **data)
 
 
-def read_index_config(index_dir: str | Path) -> dict:
-    """The raw ``config.json`` of an index folder, with a clear error when it is missing."""
+def read_index_config(index_dir: str | Path, *, any_version: bool = False) -> dict:
+    """The raw ``config.json`` of an index folder, with a clear error when it is missing, is not
+    a SimDPS index's, or (unless ``any_version``, for a rebuild) is of another format version."""
     path = Path(index_dir) / CONFIG_FILE
     if not path.exists():
         raise SimDPSError(f"{index_dir}: not a SimDPS index (no {CONFIG_FILE}); "
@@ -75,8 +76,12 @@ def read_index_config(index_dir: str | Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SimDPSError(f"{path}: unreadable ({exc}); rebuild the index") from None
-    if data.get("format_version") != FORMAT_VERSION:
-        raise SimDPSError(f"{path}: index format {data.get('format_version')} is not "
+        raise SimDPSError(f"{path}: unreadable ({exc}); if this folder is a SimDPS index, delete {CONFIG_FILE} "
+                          "and rebuild it with `simdps-index build --rebuild`") from None
+    if not isinstance(data, dict) or "format_version" not in data or not isinstance(data.get("index"), dict):
+        raise SimDPSError(f"{index_dir}: not a SimDPS index (its {CONFIG_FILE} belongs to something else); "
+                          "choose an empty or new folder for the index")
+    if data["format_version"] != FORMAT_VERSION and not any_version:
+        raise SimDPSError(f"{path}: index format {data['format_version']} is not "
                           f"{FORMAT_VERSION}; rebuild it with `simdps-index build --rebuild`")
     return data

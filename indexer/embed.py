@@ -43,6 +43,7 @@ side; through ``U`` it is ~5.5 GFLOP once per hour plus ~6 GFLOP per side.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,14 @@ class ContextPCA:
         path = Path(path)
         if not path.exists():
             raise SimDPSError(f"{path}: missing; rebuild the index with `simdps-index build --rebuild`")
+        try:
+            return cls._load(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise SimDPSError(f"{path}: damaged, not the PCA file this index wrote ({type(exc).__name__}); "
+                              "rebuild the index with `simdps-index build --rebuild`") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> "ContextPCA":
         with np.load(path, allow_pickle=False) as z:
             alphas = z["alphas"]
             return cls(

@@ -162,7 +162,7 @@ def write_parquet_atomic(path: str | Path, table: pa.Table) -> None:
 def read_positions(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.exists():
-        raise SimDPSError(f"{path}: missing; rebuild the index with `simdps-index build`")
+        raise SimDPSError(f"{path}: missing; rebuild the index with `simdps-index build --rebuild`")
     return pq.read_table(path, schema=POSITIONS_SCHEMA)
 
 

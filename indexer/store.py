@@ -205,7 +205,7 @@ def read_index(path: str | Path) -> faiss.Index:
     """Load an index written by :func:`write_index_atomic` (fully into memory)."""
     path = Path(path)
     if not path.exists():
-        raise SimDPSError(f"{path}: index file missing; rebuild the index with `simdps-index build`")
+        raise SimDPSError(f"{path}: index file missing; rebuild the index with `simdps-index build --rebuild`")
     try:
         with pa.CompressedInputStream(pa.OSFile(str(path)), _CODEC) as f:
             return faiss.read_index(faiss.PyCallbackIOReader(f.read))

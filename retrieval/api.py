@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,9 @@ class Index:
         if not index_dir.is_dir():
             raise SimDPSError(f"{index_dir}: no such index folder; build one with "
                               "`simdps-index build CORPUS --index DIR`")
+        if re.fullmatch(r"gen-\d+", index_dir.name) and (index_dir.parent / CONFIG_FILE).exists():
+            raise SimDPSError(f"{index_dir} is one generation of the index in {index_dir.parent}; "
+                              f"open that folder (--index {index_dir.parent})")
         top = read_index_config(index_dir)
         if db_url is None:
             db_url = top.get("db_url") or default_url(index_dir)
@@ -113,8 +117,13 @@ class Index:
         if not gdir.is_dir():
             raise SimDPSError(f"{gdir}: the live index files are missing; rebuild with "
                               "`simdps-index build --rebuild`")
-        gen_info = json.loads((gdir / CONFIG_FILE).read_text(encoding="utf-8"))
-        config = IndexConfig.from_dict(gen_info["index"])
+        try:
+            gen_info = json.loads((gdir / CONFIG_FILE).read_text(encoding="utf-8"))
+            config = IndexConfig.from_dict(gen_info["index"])
+            factory = gen_info["factory"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SimDPSError(f"{gdir / CONFIG_FILE}: missing or damaged ({type(exc).__name__}: {exc}); rebuild "
+                              "the index with `simdps-index build --rebuild`") from None
         root = top["corpus_root"]
         tracks = TrackTable(
             track_id=np.array([t.id for t in rows], dtype=np.int64),
@@ -128,7 +137,7 @@ class Index:
         )
         pca = ContextPCA.load(gdir / PCA_FILE)
         pca.use_filterbank(config.search)  # the features the index was built with (and no librosa import)
-        return cls(index_dir, config, generation, gen_info["factory"], pca,
+        return cls(index_dir, config, generation, factory, pca,
                    store.read_index(gdir / "pre.faiss.zst"), store.read_index(gdir / "post.faiss.zst"), tracks,
                    root, db_url, gen_info)
 

@@ -288,6 +288,10 @@ def test_an_index_of_an_older_format_asks_for_a_rebuild(corpus, tmp_path):
     (index_dir / "config.json").write_text(json.dumps(top))
     with pytest.raises(SimDPSError, match="format 1 is not .*rebuild"):
         Index.open(index_dir)
+    with pytest.raises(SimDPSError, match="format 1 is not .*rebuild"):
+        build_index(corpus, index_dir, config=SMALL, progress=False)
+    result = build_index(corpus, index_dir, config=SMALL, rebuild=True, progress=False)  # as the message says
+    assert result.stats.files_added == 3 and Index.open(index_dir).info()["tracks"] == 3
 
 
 def test_cli_build_dims_sets_the_embedding_width_and_changing_it_needs_rebuild(corpus, tmp_path, capsys):
@@ -438,3 +442,61 @@ def test_schema_sql_ships_inside_the_package():
     repo = Path(__file__).resolve().parents[1] / "schema.sql"
     assert schema_sql() == repo.read_text(encoding="utf-8")
     assert "CREATE TABLE IF NOT EXISTS tracks" in schema_sql()
+
+
+def test_a_file_name_that_is_not_utf8_fails_that_file_not_the_build(tmp_path):
+    root = tmp_path / "corpus"
+    write(root / "a.wav", 12.0, 1)
+    latin1 = os.fsencode(root) + b"/caf\xe9.wav"  # a name written by a Latin-1 system
+    with open(latin1, "wb") as f:
+        f.write((root / "a.wav").read_bytes())
+    result = build_index(root, tmp_path / "idx", config=SMALL, progress=False)
+    assert (result.stats.files_added, result.stats.files_failed) == (1, 1)
+    (path, why), = result.errors
+    assert path == "caf\\udce9.wav" and "not valid UTF-8" in why and "rename" in why
+    assert sorted(check_consistent(tmp_path / "idx", root)["ok"]) == ["a.wav"]
+
+
+def test_bad_catalog_urls_and_foreign_or_damaged_index_folders_give_clear_errors(corpus, tmp_path, capsys):
+    from simdps.cli.index import main
+
+    with pytest.raises(SimDPSError, match="cannot read the catalog URL"):
+        build_index(corpus, tmp_path / "a", config=SMALL, db_url="garbage", progress=False)
+    with pytest.raises(SimDPSError, match="in-memory SQLite catalog"):
+        build_index(corpus, tmp_path / "b", config=SMALL, db_url="sqlite:///:memory:", progress=False)
+    foreign = tmp_path / "webapp"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"name": "my web app"}')
+    for rebuild in (False, True):
+        with pytest.raises(SimDPSError, match="not a SimDPS index"):
+            build_index(corpus, foreign, config=SMALL, rebuild=rebuild, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]  # no lock, nothing written
+    (foreign / "config.json").write_text("[1, 2]")
+    with pytest.raises(SimDPSError, match="not a SimDPS index"):
+        Index.open(foreign)
+
+    index_dir = tmp_path / "idx"
+    build_index(corpus, index_dir, config=SMALL, progress=False)
+    gen = next(index_dir.glob("gen-*"))
+    with pytest.raises(SimDPSError, match="one generation of the index"):
+        Index.open(gen)
+    other = tmp_path / "other.sqlite"
+    with pytest.raises(SimDPSError, match="no such catalog file"):
+        Index.open(index_dir, db_url=f"sqlite:///{other}")
+    assert not other.exists() and not (gen / "catalog.sqlite").exists()  # a read creates no file
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--index", str(index_dir), "--db", "garbage"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "cannot read the catalog URL" in err and "Traceback" not in err
+
+    (gen / "pca.npz").write_bytes(b"junk")
+    with pytest.raises(SimDPSError, match="pca.npz: damaged.*--rebuild"):
+        Index.open(index_dir)
+    (gen / "config.json").unlink()
+    with pytest.raises(SimDPSError, match="config.json: missing or damaged.*--rebuild"):
+        Index.open(index_dir)
+    (index_dir / "catalog.sqlite").write_bytes(b"junk" * 1000)
+    with pytest.raises(SimDPSError, match="not a readable catalog.*--rebuild"):
+        Index.open(index_dir)
+    with pytest.raises(SimDPSError, match="not a readable catalog"):
+        build_index(corpus, index_dir, progress=False)
