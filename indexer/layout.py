@@ -38,7 +38,7 @@ from simdps.indexer.embed import TrackEmbeddings
 __all__ = [
     "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
     "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
-    "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "write_signal", "writing_signal", "read_signal",
+    "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "writing_signal", "read_signal",
 ]
 
 SIGNALS_DIR = "signals"
@@ -117,12 +117,6 @@ def writing_signal(path: str | Path) -> Iterator[Callable[[np.ndarray], None]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         yield lambda samples: np.ascontiguousarray(samples, dtype="<f4").tofile(f)
-
-
-def write_signal(path: str | Path, x12k: np.ndarray) -> None:
-    """A file's whole search signal, through a temporary file (:func:`writing_signal`)."""
-    with writing_signal(path) as write:
-        write(x12k)
 
 
 def read_signal(path: str | Path, lo: int, hi: int) -> np.ndarray:

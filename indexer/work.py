@@ -68,17 +68,14 @@ def _expected_length(frames: int, sr_in: int, sr_out: int) -> int:
     return int(math.ceil(frames * sr_out / sr_in)) + 64
 
 
-def search_signal_chunks(path: str | os.PathLike, sample_rate: int, cfg: SearchConfig = SearchConfig(), *,
+def search_signal_chunks(path: str | os.PathLike, cfg: SearchConfig = SearchConfig(), *,
                          start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Frames ``[start, stop)`` of a file (its rate ``sample_rate``), mono, at the search rate:
-    consecutive float32 chunks, decoded and resampled block by block (channel mean, then soxr HQ).
+    """Frames ``[start, stop)`` of a file, mono, at the search rate: consecutive float32
+    chunks, decoded and resampled block by block (channel mean, then soxr HQ).
 
     The chunks joined are :func:`decode_search_signal`'s signal; nothing holds the whole file.
     A decoding failure or a NaN/Inf sample raises :class:`SimDPSError` when reached.
     """
-    stream = None if sample_rate == cfg.sample_rate else soxr.ResampleStream(
-        sample_rate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
-
     def checked(chunk: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(chunk)):
             raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
@@ -88,6 +85,8 @@ def search_signal_chunks(path: str | os.PathLike, sample_rate: int, cfg: SearchC
     # only the decoding's own failures.)
     try:
         with sf.SoundFile(str(path)) as f:
+            stream = None if f.samplerate == cfg.sample_rate else soxr.ResampleStream(
+                f.samplerate, cfg.sample_rate, 1, dtype="float32", quality="HQ")
             if start:
                 f.seek(start)
             remaining = max(0, (f.frames if stop is None else min(stop, f.frames)) - start)
@@ -120,7 +119,7 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
     # doubled a long file's peak); grown in the unlikely case the resampler gives more.
     x = np.empty(_expected_length(max(0, stop - start), info.sample_rate, cfg.sample_rate), dtype=np.float32)
     n = 0
-    for chunk in search_signal_chunks(path, info.sample_rate, cfg, start=start, stop=stop):
+    for chunk in search_signal_chunks(path, cfg, start=start, stop=stop):
         if n + len(chunk) > len(x):
             grown = np.empty(max(n + len(chunk), 2 * len(x)), dtype=np.float32)
             grown[:n] = x[:n]
@@ -157,7 +156,7 @@ def _keep_signal(path: str, signal: Path | None, cfg: SearchConfig) -> None:
         return
     try:
         with writing_signal(signal) as write:
-            for chunk in search_signal_chunks(path, audio_info(path).sample_rate, cfg):
+            for chunk in search_signal_chunks(path, cfg):
                 write(chunk)
     except (SimDPSError, OSError):
         pass
@@ -203,7 +202,7 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
         info = audio_info(task.abs_path)
         pca = _pca(task.pca_path)
         pca.use_filterbank(cfg)  # an incremental build's features match the live index's
-        chunks = search_signal_chunks(task.abs_path, info.sample_rate, cfg)
+        chunks = search_signal_chunks(task.abs_path, cfg)
         try:
             # Embedded while decoded (memory flat in the file's length), the signal kept on
             # the way when wanted: before the shard, as a shard means the file is done.
