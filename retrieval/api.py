@@ -25,7 +25,6 @@ from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
 from simdps.gaps import Gap
 from simdps.indexer import store
-from simdps.indexer.build import build_index
 from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
@@ -83,6 +82,8 @@ class Index:
               config: IndexConfig | None = None, db_url: str | None = None, workers: int = 1,
               rebuild: bool = False, progress: bool = False) -> "Index":
         """Build or update the index (see :func:`simdps.indexer.build.build_index`), then open it."""
+        from simdps.indexer.build import build_index  # (the build's modules stay out of a process that only searches)
+
         build_index(corpus_dir, index_dir, config=config, db_url=db_url, workers=workers,
                     rebuild=rebuild, progress=progress)
         return cls.open(index_dir, db_url=db_url)
