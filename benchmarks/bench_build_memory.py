@@ -71,10 +71,11 @@ def child(mode: str, track: str, pca_path: str) -> dict:
             write_shard(shard, emb, {"sample_rate": info.sample_rate, "channels": info.channels,
                                      "frames": info.frames, "n_samples_12k": int(len(x12k))})
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        peak_mb = peak_rss_mb()  # before the check below reads the shard back
         emb, _ = read_shard(shard)
         digest = hashlib.sha1(np.ascontiguousarray(emb.pre).tobytes() + np.ascontiguousarray(emb.post).tobytes())
     return {"mode": mode, "wall_s": wall, "cpu_s": cpu, "base_mb": base_mb,
-            "peak_mb": peak_rss_mb(),
+            "peak_mb": peak_mb,
             "positions": len(emb), "digest": digest.hexdigest()}
 
 

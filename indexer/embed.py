@@ -293,7 +293,7 @@ def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackE
 
 
 def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig, *,
-                 expected_samples: int = 0) -> tuple[TrackEmbeddings, int]:
+                 expected_samples: int = 0, dtype=np.float32) -> tuple[TrackEmbeddings, int]:
     """The embeddings of a 12-kHz signal that arrives in consecutive chunks (a file being
     decoded), and the signal's length in samples.
 
@@ -304,14 +304,16 @@ def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfi
     the embeddings (42 MB per hour of audio), not the whole signal (173 MB per hour) nor its
     STFT magnitudes (~350 MB per hour). The result is the same, bit for bit, however the
     signal is cut into chunks. ``expected_samples`` (optional) sizes the output up front.
+    ``dtype`` is the embeddings' type: float16 (what the build's shards store) holds them in
+    half the memory, each value rounded as ``astype(float16)`` would.
     """
     block_samples = _BLOCK_POSITIONS * cfg.coarse_hop + 2 * side_extent(cfg) + (1 << 20)
     return _embed(_SignalTail(min(max(int(expected_samples), 1 << 16), block_samples)), chunks, pca, cfg,
-                  expected_samples)
+                  expected_samples, dtype)
 
 
 def _embed(tail: "_SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig,
-           expected_samples: int) -> tuple[TrackEmbeddings, int]:
+           expected_samples: int, dtype=np.float32) -> tuple[TrackEmbeddings, int]:
     """:func:`embed_stream` of the samples ``tail`` holds followed by ``chunks``."""
     hop, n_fft, lh = cfg.hop_length, cfg.n_fft, cfg.coarse_hop
     span = max(_frames_used(cfg))
@@ -331,8 +333,8 @@ def _embed(tail: "_SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, c
                 out[rows][has] = pca.embed_positions(feats, block[has] - first * hop, side, cfg)
 
     per_block = _BLOCK_POSITIONS
-    pre = _Rows(int(expected_samples) // lh + 2, pca.dim)
-    post = _Rows(len(pre.data), pca.dim)
+    pre = _Rows(int(expected_samples) // lh + 2, pca.dim, dtype)
+    post = _Rows(len(pre.data), pca.dim, dtype)
     done = 0  # blocks embedded while the signal streams in
     for chunk in chunks:
         tail.append(chunk)
@@ -411,14 +413,14 @@ class _SignalTail:
 
 
 class _Rows:
-    """A zero-filled (rows, dim) float32 table that grows when asked for more rows."""
+    """A zero-filled (rows, dim) table that grows when asked for more rows."""
 
-    def __init__(self, rows: int, dim: int):
-        self.data = np.zeros((max(1, rows), dim), dtype=np.float32)
+    def __init__(self, rows: int, dim: int, dtype=np.float32):
+        self.data = np.zeros((max(1, rows), dim), dtype=dtype)
 
     def fit(self, rows: int) -> None:
         if rows > len(self.data):
-            grown = np.zeros((max(rows, 2 * len(self.data)), self.data.shape[1]), dtype=np.float32)
+            grown = np.zeros((max(rows, 2 * len(self.data)), self.data.shape[1]), dtype=self.data.dtype)
             grown[:len(self.data)] = self.data
             self.data = grown
 

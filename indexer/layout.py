@@ -91,7 +91,7 @@ def write_shard(path: str | Path, emb: TrackEmbeddings, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed build leaves only `.NAME.*.tmp`
         np.savez(f, positions=emb.positions, has_pre=emb.has_pre, has_post=emb.has_post,
-                 pre=emb.pre.astype(np.float16), post=emb.post.astype(np.float16),
+                 pre=emb.pre.astype(np.float16, copy=False), post=emb.post.astype(np.float16, copy=False),
                  meta=np.array(json.dumps(meta)))
 
 

@@ -2,8 +2,9 @@
 
 The decode is streamed (soundfile blocks -> mono -> soxr stream to 12 kHz) into the
 embedding, which embeds a block of positions as soon as its contexts have arrived: a worker
-holds one block's 12 kHz samples and frame features and the file's embeddings (42 MB per
-hour of audio), never the whole file, at its native rate or at 12 kHz.
+holds one block's 12 kHz samples and frame features and the file's embeddings (float16, as
+the shard stores them: 21 MB per hour of audio), never the whole file, at its native rate or
+at 12 kHz.
 Every failure a file can cause (unreadable, empty, damaged) is returned as a message,
 never raised: one bad file must not stop a build.
 """
@@ -209,7 +210,8 @@ def process_file(task: FileTask, cfg: SearchConfig) -> FileResult:
             with _kept(signal) as keep:
                 emb, n12 = embed_stream(chunks if keep is None else _written(chunks, keep), pca, cfg,
                                         expected_samples=_expected_length(info.frames, info.sample_rate,
-                                                                          cfg.sample_rate))
+                                                                          cfg.sample_rate),
+                                        dtype=np.float16)  # as the shard stores them
             write_shard(shard, emb, {"sample_rate": info.sample_rate, "channels": info.channels,
                                      "frames": info.frames, "n_samples_12k": n12})
         except OSError as exc:  # a full disk, say: this file fails, the index stays consistent

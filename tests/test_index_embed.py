@@ -97,6 +97,10 @@ def test_a_signal_arriving_in_chunks_is_embedded_the_same_bit_for_bit_while_hold
         np.testing.assert_array_equal(getattr(got, field), getattr(whole, field))
     assert whole.has_pre.sum() > 200 and whole.has_post.sum() > 200
     assert max(held) < len(x) / 2  # a block's contexts (~9 s), not the whole 24 s
+    half, _ = embed_stream(iter(chunks), pca, CFG, expected_samples=expected, dtype=np.float16)  # as the build
+    assert half.pre.dtype == np.float16
+    np.testing.assert_array_equal(half.pre, whole.pre.astype(np.float16))
+    np.testing.assert_array_equal(half.post, whole.post.astype(np.float16))
 
 
 def test_squared_embedding_distance_approximates_the_side_cost_from_below(fitted):
