@@ -121,8 +121,12 @@ def build_index(corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
     progress : show a tqdm bar (files, hours of audio).
     """
     t_start = time.perf_counter()
-    workers = max(1, int(workers))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise SimDPSError(f"workers must be a whole number of processes, at least 1; got {workers!r}")
+    workers = int(workers)
     index_dir = Path(index_dir)
+    if index_dir.exists() and not index_dir.is_dir():
+        raise SimDPSError(f"{index_dir} is a file, not a folder; choose a folder for the index")
     corpus_root = Path(corpus_dir)
     if not corpus_root.is_dir():
         raise SimDPSError(f"{corpus_dir}: corpus folder not found; pass a folder of audio files")
@@ -412,7 +416,9 @@ class _Build:
                 if len(crashed) == len(suspects) and len(results) == before:
                     raise SimDPSError(
                         f"the build's worker processes die before finishing any file ({crashed[0].rel_path} "
-                        "and others); run it from a script file or with --workers 1 to see why")
+                        "and others). From Python, call the build under `if __name__ == \"__main__\":` in a "
+                        "script file (its worker processes import that file again); otherwise run it with "
+                        "--workers 1 to see why")
                 for t in crashed:
                     done(_crashed(t))
         bar.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import KeptHandles
+from simdps.audio import KeptHandles, audio_input
 from simdps.threads import default_threads, one_blas_thread
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError, SimDPSWarning
@@ -29,7 +29,7 @@ from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
 from simdps.indexer.layout import SIGNALS_DIR, folder_bytes, gen_dir, kept_signal_hashes, signal_path
-from simdps.retrieval.candidate import Candidate
+from simdps.retrieval.candidate import Candidate, check_k
 from simdps.retrieval.index_search import (
     SearchParams,
     ann_k,
@@ -90,7 +90,22 @@ class Index:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, db_url: str | None = None) -> "Index":
-        """Load the live generation of the index in ``index_dir``."""
+        """Load the live generation of the index in ``index_dir``.
+
+        A build in another process may make a new generation live, and delete the one being
+        read, while this reads it: the open then starts again on the new one (a few times)."""
+        for attempt in range(4):
+            live = cls._live(index_dir, db_url)
+            try:
+                return cls._load(*live)
+            except SimDPSError:
+                if attempt == 3 or cls._live(index_dir, db_url)[3] == live[3]:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _live(cls, index_dir: str | os.PathLike, db_url: str | None) -> tuple:
+        """``(index_dir, top config, catalog URL, live generation, its track rows)`` from the catalog."""
         index_dir = Path(index_dir)
         if not index_dir.is_dir():
             raise SimDPSError(f"{index_dir}: no such index folder; build one with "
@@ -114,6 +129,11 @@ class Index:
                           key=lambda t: t.first_row)
         finally:
             catalog.dispose()
+        return index_dir, top, db_url, generation, rows
+
+    @classmethod
+    def _load(cls, index_dir: Path, top: dict, db_url: str, generation: int, rows: list) -> "Index":
+        """The index of generation ``generation``, whose tracks are ``rows``."""
         gdir = gen_dir(index_dir, generation)
         if not gdir.is_dir():
             raise SimDPSError(f"{gdir}: the live index files are missing; rebuild with "
@@ -175,8 +195,10 @@ class Index:
         SimDPSWarning when indexed files could not be read (gone, damaged, or of another rate
         or length than indexed): they are left out, and the message says to rebuild.
         """
-        if k < 1:
-            raise SimDPSError(f"k must be at least 1, got {k}")
+        audio, sr = audio_input(audio, sr, what="the query audio")
+        k = check_k(k)
+        if params is not None and not isinstance(params, SearchParams):
+            raise SimDPSError(f"params must be a SearchParams(...), got {type(params).__name__}")
         params = params or SearchParams()
         cfg = self.config.search
         query = prepare_query(audio, sr, gap, cfg)

@@ -21,11 +21,18 @@ from typing import Any, Callable
 import numpy as np
 
 from simdps.audio import audio_info, read_audio, resample, to_mono
-from simdps.errors import AudioError
+from simdps.errors import AudioError, SimDPSError
 
-__all__ = ["Candidate", "resample_window", "read_window"]
+__all__ = ["Candidate", "resample_window", "read_window", "check_k"]
 
 _MARGIN_S = 0.02  # input margin around a resampled window: covers soxr's filter support
+
+
+def check_k(k) -> int:
+    """How many candidates a search returns, checked: a whole number, at least 1."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SimDPSError(f"k (how many candidates) must be a whole number, at least 1; got {k!r}")
+    return int(k)
 
 
 def _padded(x: np.ndarray, start: int, stop: int, dtype=np.float64) -> np.ndarray:

@@ -56,7 +56,7 @@ import numpy as np
 from simdps.audio import KeptHandles, check_finite, content_hash, read_audio, read_audio_ranges, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
-from simdps.gaps import Gap, validate_gaps
+from simdps.gaps import Gap, as_gap, validate_gaps
 from simdps.indexer.embed import side_extent
 from simdps.indexer.layout import read_signal
 from simdps.retrieval.candidate import Candidate, resample_window
@@ -177,12 +177,7 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
         raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
     n = audio.shape[0]
     sr = int(sr)
-    if not isinstance(gap, Gap):
-        try:
-            gap = Gap(float(gap[0]), float(gap[1]))
-        except (TypeError, ValueError, IndexError):
-            raise GapError(f"gap must be (start_s, end_s) in seconds, got {gap!r}") from None
-    gap = validate_gaps([gap], n / sr, what=what)[0]
+    gap = validate_gaps([as_gap(gap)], n / sr, what=what)[0]
     gap_start, gap_end = gap.to_samples(sr)
     gap_end = min(gap_end, n)
     if gap_end <= gap_start:

@@ -28,27 +28,17 @@ from dataclasses import astuple
 
 import numpy as np
 
-from simdps.audio import as_float, check_finite, to_mono
+from simdps.audio import as_float, audio_input, check_finite, to_mono
 from simdps.config import SearchConfig
-from simdps.errors import AudioError, GapError
-from simdps.gaps import Gap, validate_gaps
-from simdps.retrieval.candidate import Candidate
+from simdps.errors import GapError
+from simdps.gaps import Gap, as_gap, validate_gaps
+from simdps.retrieval.candidate import Candidate, check_k
 from simdps.retrieval.cost import CandidateCosts, costs_at, grid_costs, query_context
 from simdps.retrieval.features import search_signal
 from simdps.retrieval.refine import MIN_RANKED, refine_start, refine_window
 from simdps.threads import default_threads
 
 __all__ = ["search_track"]
-
-
-def _as_gap(gap: Gap | tuple[float, float]) -> Gap:
-    if isinstance(gap, Gap):
-        return gap
-    try:
-        start_s, end_s = gap
-        return Gap(float(start_s), float(end_s))
-    except (TypeError, ValueError):
-        raise GapError(f"gap must be (start_s, end_s) in seconds, got {gap!r}") from None
 
 
 def _select(costs: CandidateCosts, k: int, radius_samples: int) -> list[int]:
@@ -97,15 +87,12 @@ def search_track(
     GapError if the gap lies outside the track or the track leaves no room for a
     candidate with its context.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = check_k(k)
+    audio, sr = audio_input(audio, sr, what="the track")
     # float32 audio stays float32, anything else is searched in float64; the mono mix is the
-    # only whole-track copy.
+    # only whole-track copy (or the caller's own array, when it is float32 or float64 mono).
     x = to_mono(as_float(audio))
-    if x.ndim != 1 or x.size == 0:
-        raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
-    sr = int(sr)
-    gap = validate_gaps([_as_gap(gap)], len(x) / sr)[0]
+    gap = validate_gaps([as_gap(gap)], len(x) / sr)[0]
     gap_start, gap_end = gap.to_samples(sr)
     gap_end = min(gap_end, len(x))
     if gap_end <= gap_start:

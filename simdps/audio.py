@@ -25,6 +25,7 @@ from simdps.threads import default_threads
 __all__ = [
     "AudioInfo",
     "as_float",
+    "audio_input",
     "audio_info",
     "read_audio",
     "read_audio_mono",
@@ -349,6 +350,35 @@ def as_float(x) -> np.ndarray:
     soxr runs ~2x faster in it), anything else (integers, float16) converted to float64."""
     x = np.asarray(x)
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+
+
+def audio_input(audio, sr, *, what: str = "audio") -> tuple[np.ndarray, int]:
+    """A caller's samples and rate, checked: ``(n,)`` or ``(n, channels)`` floats and a positive
+    whole number of Hz, with a clear :class:`AudioError` for anything else.
+
+    Integer samples are PCM at full scale, scaled to [-1, 1) as soundfile reads them (int16
+    by 2^15, uint8 about 128, ...), so they compare with the corpus's decoded files; float
+    samples are returned as they are (not copied).
+    """
+    x = np.asarray(audio)
+    if x.dtype.kind in "iu":
+        bits = 8 * x.dtype.itemsize
+        offset = 2.0 ** (bits - 1) if x.dtype.kind == "u" else 0.0
+        x = ((x.astype(np.float64) - offset) / 2.0 ** (bits - 1)).astype(np.float32 if bits <= 16 else np.float64)
+    elif x.dtype.kind != "f":
+        raise AudioError(f"{what} must hold real numbers (float or integer PCM samples), not {x.dtype}")
+    if x.ndim == 2 and x.shape[0] < x.shape[1] and x.shape[0] <= 16:
+        raise AudioError(f"{what} has shape {x.shape}, which looks like (channels, samples); pass "
+                         "(samples, channels), e.g. audio.T")
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise AudioError(f"{what} must be (n,) or (n, channels) samples, got shape {x.shape}")
+    try:
+        rate = float(sr)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (np.isfinite(rate) and rate >= 1 and rate == int(rate)):
+        raise AudioError(f"sample rate {sr!r} must be a positive whole number of Hz, e.g. 44100")
+    return x, int(rate)
 
 
 def check_finite(data: np.ndarray, what: str) -> None:

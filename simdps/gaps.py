@@ -16,7 +16,7 @@ import numpy as np
 
 from simdps.errors import GapError
 
-__all__ = ["Gap", "parse_time", "parse_gap", "validate_gaps", "gap_mask"]
+__all__ = ["Gap", "parse_time", "parse_gap", "as_gap", "validate_gaps", "gap_mask"]
 
 
 @dataclass(frozen=True, order=True)
@@ -87,8 +87,26 @@ def parse_gap(text: str) -> Gap:
     return Gap(start, end)
 
 
+def as_gap(gap) -> Gap:
+    """A :class:`Gap` from a Gap, a ``"START:END"`` string (:func:`parse_gap`), or a pair
+    ``(start_s, end_s)`` of finite seconds; anything else is a clear :class:`GapError`."""
+    if isinstance(gap, Gap):
+        return gap
+    if isinstance(gap, str):
+        return parse_gap(gap)
+    try:
+        start_s, end_s = (float(v) for v in gap)
+    except (TypeError, ValueError):  # not iterable, not numbers, or not exactly two of them
+        raise GapError(f"cannot read gap {gap!r}; give (start_s, end_s) in seconds, or 'START:END'") from None
+    return Gap(start_s, end_s)
+
+
 def validate_gaps(gaps: Iterable[Gap], duration_s: float, *, what: str = "the track") -> list[Gap]:
     """Sorted gaps, checked to be non-empty, inside ``[0, duration_s]`` and non-overlapping."""
+    gaps = list(gaps)
+    for g in gaps:  # (before sorting: NaN does not order)
+        if not (np.isfinite(g.start_s) and np.isfinite(g.end_s)):
+            raise GapError(f"gap ({g.start_s}, {g.end_s}) must be finite numbers of seconds")
     gaps = sorted(gaps)
     if not gaps:
         raise GapError("no gap given; pass at least one --gap START:END")

@@ -500,3 +500,12 @@ def test_bad_catalog_urls_and_foreign_or_damaged_index_folders_give_clear_errors
         Index.open(index_dir)
     with pytest.raises(SimDPSError, match="not a readable catalog"):
         build_index(corpus, index_dir, progress=False)
+
+
+def test_build_arguments_are_checked(corpus, tmp_path):
+    (tmp_path / "file.wav").write_bytes(b"x")
+    with pytest.raises(SimDPSError, match="is a file, not a folder"):
+        build_index(corpus, tmp_path / "file.wav", progress=False)
+    for workers in (0, -1, 1.5):
+        with pytest.raises(SimDPSError, match="workers"):
+            build_index(corpus, tmp_path / "idx", workers=workers, progress=False)

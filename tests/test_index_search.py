@@ -500,3 +500,57 @@ def test_the_best_k_from_the_index_are_the_first_k_of_a_longer_list(tmp_path):
         for k in (1, 3):
             got = index.search(q, SR, (20.0, 22.0), k=k, include_track=include_track)
             assert [(c.path, c.start_sample, c.cost) for c in got] == ten[:k]
+
+
+def test_bad_arguments_to_search_give_clear_errors_and_pcm_integers_are_scaled(planted):
+    from simdps.errors import AudioError, GapError
+    from simdps.retrieval.track import search_track
+
+    index, q, root, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    ref = index.search(q, SR, gap, k=3, path=root / "query.wav")
+    # int16 PCM of the same recording: scaled as soundfile reads it, so the query's own file in the
+    # corpus is recognised (in-track rule) and every guide is at the corpus's scale
+    q16 = np.round(np.clip(q, -1, 1) * 32767).astype(np.int16)
+    got = index.search(q16, SR, gap, k=3)
+    assert [(Path(c.path).name, c.start_sample) for c in got] == [(Path(c.path).name, c.start_sample) for c in ref]
+    assert max(np.abs(c.extract(SR)).max() for c in got) < 2.0
+    assert np.abs(search_track(q16, SR, gap, k=1)[0].extract(SR)).max() < 2.0
+    assert [c.start_sample for c in index.search(q, SR, "9:10", k=3, include_track=False)] == \
+        [c.start_sample for c in index.search(q, SR, gap, k=3, include_track=False)]
+    for bad_gap in ("57", (8.0, 10.0, 12.0), (float("nan"), 10.0), (8.0, float("nan"))):
+        with pytest.raises(GapError):
+            index.search(q, SR, bad_gap)
+    for bad_sr in (0, -SR, None, SR + 0.7):
+        with pytest.raises(AudioError, match="sample rate"):
+            index.search(q, bad_sr, gap)
+    for bad_k in (0, 1.5, None, "3", True):
+        with pytest.raises(SimDPSError, match="k"):
+            index.search(q, SR, gap, k=bad_k)
+    with pytest.raises(SimDPSError, match="k"):
+        search_track(q, SR, gap, k=0)
+    with pytest.raises(SimDPSError, match="SearchParams"):
+        index.search(q, SR, gap, params={"k_ann": 5})
+    with pytest.raises(AudioError, match=r"looks like \(channels, samples\).*audio.T"):
+        index.search(np.stack([q, q]), SR, gap)
+    with pytest.raises(AudioError, match="real numbers"):
+        index.search(q.astype(np.complex64), SR, gap)
+
+
+def test_an_index_opened_while_a_build_replaces_its_generation_opens_the_new_one(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    sf.write(root / "a.wav", piano_like(15.0, SR, seed=1), SR)
+    index_dir = tmp_path / "idx"
+    Index.build(root, index_dir, config=SMALL)
+    sf.write(root / "b.wav", piano_like(15.0, SR, seed=2), SR)
+    Index.build(root, index_dir)  # generation 2 live, generation 1's folder deleted
+    real, calls = Index._live.__func__, []
+
+    def stale_first(cls, d, url):  # the first read of the catalog happened before the build's commit
+        live = real(cls, d, url)
+        calls.append(live[3])
+        return live[:3] + (live[3] - 1,) + live[4:] if len(calls) == 1 else live
+
+    monkeypatch.setattr(Index, "_live", classmethod(stale_first))
+    assert Index.open(index_dir).info()["tracks"] == 2 and len(calls) == 3

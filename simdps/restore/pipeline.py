@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from simdps.errors import GapError, SimDPSError
-from simdps.gaps import Gap, parse_gap, validate_gaps
+from simdps.gaps import Gap, as_gap, validate_gaps
 from simdps.restore.config import GUIDED_METHODS, MODEL_METHODS, RestoreConfig, check_method
 from simdps.restore.fill import fill_gap, model_window
 from simdps.restore.guide import Guide, GuideFinder, parse_guide_audio
@@ -49,19 +49,7 @@ def output_paths(track: Path, methods: Sequence[str], output: str | os.PathLike 
 
 
 def _as_gaps(gaps: Iterable[Gap | str | tuple[float, float]]) -> list[Gap]:
-    out = []
-    for g in gaps:
-        if isinstance(g, Gap):
-            out.append(g)
-        elif isinstance(g, str):
-            out.append(parse_gap(g))
-        else:
-            try:
-                start_s, end_s = (float(v) for v in g)
-            except (TypeError, ValueError):
-                raise GapError(f"cannot read gap {g!r}; give 'START:END' or (start_s, end_s)") from None
-            out.append(Gap(start_s, end_s))
-    return out
+    return [as_gap(g) for g in gaps]
 
 
 def _gap_samples(gaps: list[Gap], native: NativeAudio) -> list[tuple[int, int]]:
