@@ -146,9 +146,12 @@ class Candidate:
         Returns ``length_samples + 2*margin_samples`` samples starting ``margin_samples``
         before the candidate's start, zero wherever they fall outside the source.
         """
-        sr_out = int(sample_rate or self.sample_rate)
+        if sample_rate is not None and not (float(sample_rate) >= 1 and float(sample_rate) == int(sample_rate)):
+            raise SimDPSError(f"sample_rate {sample_rate!r} must be a positive whole number of Hz (or None: the "
+                              "source's rate)")
+        sr_out = int(self.sample_rate if sample_rate is None else sample_rate)
         if length_samples < 0 or margin_samples < 0:
-            raise ValueError("length_samples and margin_samples must be non-negative")
+            raise SimDPSError("length_samples and margin_samples must be non-negative")
         read, n_source = self._reader()
         out = resample_window(read, n_source, self.sample_rate, self.start_sample,
                               -margin_samples, length_samples + 2 * margin_samples, sr_out)

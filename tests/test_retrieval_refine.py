@@ -10,6 +10,7 @@ from conftest import piano_like
 
 from simdps.audio import resample
 from simdps.config import SearchConfig
+from simdps.errors import SimDPSError
 from simdps.retrieval.candidate import Candidate
 from simdps.retrieval.refine import refine_half_width, refine_start, refine_window
 
@@ -66,6 +67,11 @@ def test_extract_at_another_rate_equals_the_resampled_truth():
     assert np.max(np.abs(guide - truth)) < 2e-3
     same = cand.extract(1000, margin_samples=10)
     assert np.allclose(same, x[start - 10:start + 1010], atol=1e-6)
+    for bad_rate in (0, -16_000, 16_000.5):  # 0 used to mean the source's rate
+        with pytest.raises(SimDPSError, match="sample_rate"):
+            cand.extract(n, bad_rate)
+    with pytest.raises(SimDPSError, match="non-negative"):
+        cand.extract(-1)
 
 
 def test_extract_zero_pads_past_the_source_edges():
