@@ -449,7 +449,7 @@ def _grid_candidate(hit, cfg: SearchConfig) -> Candidate:
     """A frame-grid hit as a candidate (start rounded to the source's rate), its exact J unchanged."""
     start = int(round(hit.start12 * hit.sr / cfg.sample_rate))
     return Candidate(hit.path, start / hit.sr, start, hit.sr, hit.cost, hit.cost_stft, hit.cost_chroma,
-                     source="index")
+                     source="index", source_frames=hit.frames)
 
 
 def _distinct(cands: list[Candidate], radius_s: float) -> list[Candidate]:

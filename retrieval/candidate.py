@@ -127,6 +127,8 @@ class Candidate:
     source : ``"track"``, ``"index"`` or ``"guide"``.
     audio : mono source samples at ``sample_rate`` when the source is in memory (not part of
         equality or repr); ``None`` reads ``path`` with soundfile.
+    source_frames : the source file's length in samples when it was searched (index
+        candidates), so that :meth:`extract` notices a file changed since; ``None``: unchecked.
     """
 
     path: str
@@ -138,6 +140,7 @@ class Candidate:
     cost_chroma: float
     source: str = "track"
     audio: np.ndarray | None = field(default=None, repr=False, compare=False)
+    source_frames: int | None = field(default=None, repr=False, compare=False)
 
     def extract(self, length_samples: int, sample_rate: int | None = None, *,
                 margin_samples: int = 0) -> np.ndarray:
@@ -167,6 +170,11 @@ class Candidate:
             raise AudioError(
                 f"{self.path}: now has sample rate {info.sample_rate} Hz, but the candidate was found "
                 f"at {self.sample_rate} Hz; the file changed since indexing, rebuild the index"
+            )
+        if self.source_frames is not None and info.frames != self.source_frames:
+            raise AudioError(
+                f"{self.path}: now holds {info.frames} samples, but {self.source_frames} when the candidate "
+                "was found; the file changed since indexing, rebuild the index"
             )
 
         def read(lo: int, hi: int) -> np.ndarray:

@@ -546,7 +546,8 @@ def refine(query: Query, hit: FrameHit, cfg: SearchConfig, handles: KeptHandles 
                            window.data, sr_s, coarse, half_width, cfg, bounds=bounds)
     start = refined.start_sample + window.lo
     final = costs_at(query.context, hit.s12, [int(round(start / ratio)) - hit.w0], cfg)
-    return Candidate(hit.path, start / sr_s, start, sr_s, *astuple(final.parts(0)), source="index")
+    return Candidate(hit.path, start / sr_s, start, sr_s, *astuple(final.parts(0)), source="index",
+                     source_frames=hit.frames)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -554,3 +554,20 @@ def test_an_index_opened_while_a_build_replaces_its_generation_opens_the_new_one
 
     monkeypatch.setattr(Index, "_live", classmethod(stale_first))
     assert Index.open(index_dir).info()["tracks"] == 2 and len(calls) == 3
+
+
+def test_extracting_a_guide_from_a_file_shortened_since_the_search_is_a_clear_error(tmp_path):
+    from simdps.errors import AudioError
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = _query_track()
+    host = piano_like(30.0, SR, seed=50)
+    host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
+    sf.write(root / "host.flac", host, SR)
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    best = index.search(q, SR, (GAP_START_S, GAP_START_S + 1.0), k=1, include_track=False)[0]
+    assert best.extract(SR).shape == (SR,)
+    sf.write(root / "host.flac", host[:int(9.0 * SR)], SR)  # cut short: the guide would be zeros
+    with pytest.raises(AudioError, match="now holds .* the file changed since indexing"):
+        best.extract(SR)
