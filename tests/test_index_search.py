@@ -40,6 +40,17 @@ def _with_in_track_repeat(q: np.ndarray) -> np.ndarray:
     return q
 
 
+def _host_corpus(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A corpus folder holding host.flac, into which the query's passage from 5 s is planted at 12 s."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = _query_track()
+    host = piano_like(30.0, SR, seed=50)
+    host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
+    sf.write(root / "host.flac", host, SR)
+    return root, q, host
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -123,12 +134,7 @@ def test_indexed_files_deleted_or_changed_since_indexing_are_left_out_with_a_not
     from simdps.cli.index import main
     from simdps.errors import SimDPSWarning, collect_notes
 
-    root = tmp_path / "corpus"
-    root.mkdir()
-    q = _query_track()
-    host = piano_like(30.0, SR, seed=50)
-    host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
-    sf.write(root / "host.flac", host, SR)
+    root, q, host = _host_corpus(tmp_path)
     # A byte-identical copy: returned once (as host.flac, the first), it stands in once host.flac is gone.
     (root / "later.flac").write_bytes((root / "host.flac").read_bytes())
     for i in range(2):
@@ -559,12 +565,7 @@ def test_an_index_opened_while_a_build_replaces_its_generation_opens_the_new_one
 def test_extracting_a_guide_from_a_file_shortened_since_the_search_is_a_clear_error(tmp_path):
     from simdps.errors import AudioError
 
-    root = tmp_path / "corpus"
-    root.mkdir()
-    q = _query_track()
-    host = piano_like(30.0, SR, seed=50)
-    host[int(12.0 * SR):int(22.0 * SR)] = GAIN * q[int(5.0 * SR):int(15.0 * SR)]
-    sf.write(root / "host.flac", host, SR)
+    root, q, host = _host_corpus(tmp_path)
     index = Index.build(root, tmp_path / "idx", config=SMALL)
     best = index.search(q, SR, (GAP_START_S, GAP_START_S + 1.0), k=1, include_track=False)[0]
     assert best.extract(SR).shape == (SR,)
