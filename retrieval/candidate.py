@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simdps.audio import audio_info, read_audio, resample, to_mono
+from simdps.audio import audio_info, read_audio, resample, to_mono, whole_hz
 from simdps.errors import AudioError, SimDPSError
 
 __all__ = ["Candidate", "resample_window", "read_window", "check_k"]
@@ -149,10 +149,7 @@ class Candidate:
         Returns ``length_samples + 2*margin_samples`` samples starting ``margin_samples``
         before the candidate's start, zero wherever they fall outside the source.
         """
-        if sample_rate is not None and not (float(sample_rate) >= 1 and float(sample_rate) == int(sample_rate)):
-            raise SimDPSError(f"sample_rate {sample_rate!r} must be a positive whole number of Hz (or None: the "
-                              "source's rate)")
-        sr_out = int(self.sample_rate if sample_rate is None else sample_rate)
+        sr_out = self.sample_rate if sample_rate is None else whole_hz(sample_rate)
         if length_samples < 0 or margin_samples < 0:
             raise SimDPSError("length_samples and margin_samples must be non-negative")
         read, n_source = self._reader()

@@ -32,10 +32,11 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    file is the same match) are refined to the sample at the source's native rate by
    eq. 11 (``retrieval/refine.py``), and ``J`` is evaluated again at the refined start,
    which ranks the final list. (``Index.search`` asks for at least ``refine.MIN_RANKED``
-   and returns the best ``k`` of them, as the refinement can reorder the list.) Step 3 already located the optimum on the frame grid, so
-   the coarse hop eq. 11 refines is the frame hop: offsets within ``+-hop/2`` (as in the
-   in-track search), not ``+-Lh/2`` of the ANN grid, whose wider window lets the waveform
-   boundary criterion wander to starts of clearly worse ``J``. (Refining only these ``k``
+   and returns the best ``k`` of them, as the refinement can reorder the list.) Step 3
+   already located the optimum on the frame grid, so the coarse hop eq. 11 refines is the
+   frame hop: offsets within ``+-hop/2`` (as in the in-track search), not ``+-Lh/2`` of the
+   ANN grid, whose wider window lets the waveform boundary criterion wander to starts of
+   clearly worse ``J``. (Refining only these ``k``
    keeps the latency down: a refinement costs about as much as a re-score.)
 
 When the query's own file is in the corpus, its candidates obey the in-track rule

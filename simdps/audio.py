@@ -26,6 +26,7 @@ __all__ = [
     "AudioInfo",
     "as_float",
     "audio_input",
+    "whole_hz",
     "audio_info",
     "read_audio",
     "read_audio_mono",
@@ -372,13 +373,18 @@ def audio_input(audio, sr, *, what: str = "audio") -> tuple[np.ndarray, int]:
                          "(samples, channels), e.g. audio.T")
     if x.ndim not in (1, 2) or x.size == 0:
         raise AudioError(f"{what} must be (n,) or (n, channels) samples, got shape {x.shape}")
+    return x, whole_hz(sr)
+
+
+def whole_hz(sr) -> int:
+    """A sample rate argument as an int, or :class:`AudioError` unless it is a positive whole number of Hz."""
     try:
         rate = float(sr)
     except (TypeError, ValueError):
         rate = float("nan")
     if not (np.isfinite(rate) and rate >= 1 and rate == int(rate)):
         raise AudioError(f"sample rate {sr!r} must be a positive whole number of Hz, e.g. 44100")
-    return x, int(rate)
+    return int(rate)
 
 
 def check_finite(data: np.ndarray, what: str) -> None:

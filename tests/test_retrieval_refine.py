@@ -67,8 +67,8 @@ def test_extract_at_another_rate_equals_the_resampled_truth():
     assert np.max(np.abs(guide - truth)) < 2e-3
     same = cand.extract(1000, margin_samples=10)
     assert np.allclose(same, x[start - 10:start + 1010], atol=1e-6)
-    for bad_rate in (0, -16_000, 16_000.5):  # 0 used to mean the source's rate
-        with pytest.raises(SimDPSError, match="sample_rate"):
+    for bad_rate in (0, -16_000, 16_000.5, "fast"):  # 0 used to mean the source's rate
+        with pytest.raises(SimDPSError, match="sample rate"):
             cand.extract(n, bad_rate)
     with pytest.raises(SimDPSError, match="non-negative"):
         cand.extract(-1)
