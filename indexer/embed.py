@@ -66,7 +66,7 @@ from simdps.retrieval.features import (
 )
 
 __all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "embed_signal", "embed_stream",
-           "SIDES",
+           "SignalTail", "SIDES",
            "PCA_FILE"]
 
 SIDES = ("pre", "post")
@@ -289,7 +289,7 @@ def embed_signal(x12k: np.ndarray, pca: ContextPCA, cfg: SearchConfig) -> TrackE
     """``embed_track(frame_features(x12k))``, with the frame features made block by block
     (:func:`embed_stream` of the whole signal, which is read where it is, not copied)."""
     x12k = np.ascontiguousarray(x12k, dtype=np.float32)
-    return _embed(_SignalTail.holding(x12k), [], pca, cfg, len(x12k))[0]
+    return _embed(SignalTail.holding(x12k), [], pca, cfg, len(x12k))[0]
 
 
 def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig, *,
@@ -308,11 +308,11 @@ def embed_stream(chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfi
     half the memory, each value rounded as ``astype(float16)`` would.
     """
     block_samples = _BLOCK_POSITIONS * cfg.coarse_hop + 2 * side_extent(cfg) + (1 << 20)
-    return _embed(_SignalTail(min(max(int(expected_samples), 1 << 16), block_samples)), chunks, pca, cfg,
+    return _embed(SignalTail(min(max(int(expected_samples), 1 << 16), block_samples)), chunks, pca, cfg,
                   expected_samples, dtype)
 
 
-def _embed(tail: "_SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig,
+def _embed(tail: "SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, cfg: SearchConfig,
            expected_samples: int, dtype=np.float32) -> tuple[TrackEmbeddings, int]:
     """:func:`embed_stream` of the samples ``tail`` holds followed by ``chunks``."""
     hop, n_fft, lh = cfg.hop_length, cfg.n_fft, cfg.coarse_hop
@@ -363,7 +363,7 @@ def _embed(tail: "_SignalTail", chunks: Iterable[np.ndarray], pca: ContextPCA, c
     return TrackEmbeddings(positions, has_pre, has_post, pre.data[:n], post.data[:n]), tail.end
 
 
-class _SignalTail:
+class SignalTail:
     """The latest samples of a signal arriving in chunks: samples ``[base, end)``, dropped from the front.
 
     :meth:`holding` a whole signal keeps the caller's array as it is, not copied (and never
@@ -377,7 +377,7 @@ class _SignalTail:
         self.n = 0
 
     @classmethod
-    def holding(cls, x: np.ndarray) -> "_SignalTail":
+    def holding(cls, x: np.ndarray) -> "SignalTail":
         tail = cls(0)
         tail.data, tail.owned, tail.n = x, False, len(x)
         return tail

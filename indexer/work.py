@@ -26,7 +26,7 @@ import soxr
 from simdps.audio import audio_info, content_hash, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
-from simdps.indexer.embed import ContextPCA, embed_stream
+from simdps.indexer.embed import ContextPCA, SignalTail, embed_stream
 from simdps.indexer.layout import read_shard, shard_path, signal_path, write_shard, writing_signal
 
 __all__ = ["FileTask", "FileResult", "decode_search_signal", "process_file", "init_worker"]
@@ -118,16 +118,10 @@ def decode_search_signal(path: str | os.PathLike, cfg: SearchConfig = SearchConf
     stop = info.frames if stop is None else min(stop, info.frames)
     # Written into one array sized for the whole output (no list of blocks to join: that
     # doubled a long file's peak); grown in the unlikely case the resampler gives more.
-    x = np.empty(_expected_length(max(0, stop - start), info.sample_rate, cfg.sample_rate), dtype=np.float32)
-    n = 0
+    x = SignalTail(_expected_length(max(0, stop - start), info.sample_rate, cfg.sample_rate))
     for chunk in search_signal_chunks(path, cfg, start=start, stop=stop):
-        if n + len(chunk) > len(x):
-            grown = np.empty(max(n + len(chunk), 2 * len(x)), dtype=np.float32)
-            grown[:n] = x[:n]
-            x = grown
-        x[n:n + len(chunk)] = chunk
-        n += len(chunk)
-    return np.ascontiguousarray(x[:n]), info.sample_rate
+        x.append(chunk)
+    return np.ascontiguousarray(x.read(0, x.end)), info.sample_rate
 
 
 _PCA_CACHE: dict[str, ContextPCA] = {}
@@ -153,12 +147,11 @@ def init_worker() -> None:
 def _keep_signal(path: str, signal: Path | None, cfg: SearchConfig) -> None:
     """Decode a file already embedded, only to keep its search signal, unless none is wanted or it is
     kept already (a cache: failures are left to the search, which then decodes the file itself)."""
-    if signal is None or signal.exists():
-        return
     try:
-        with writing_signal(signal) as write:
-            for chunk in search_signal_chunks(path, cfg):
-                write(chunk)
+        with _kept(signal) as write:
+            if write is not None:
+                for chunk in search_signal_chunks(path, cfg):
+                    write(chunk)
     except (SimDPSError, OSError):
         pass
 

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import KeptHandles, check_finite, content_hash, read_audio, read_audio_ranges, to_mono
+from simdps.audio import (KeptHandles, audio_input, check_finite, content_hash, read_audio, read_audio_ranges,
+                          to_mono)
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, as_gap, validate_gaps
@@ -173,11 +174,8 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
     Only the context eq. 10 and eq. 11 read, ``Lc`` plus a second beside each gap edge, is
     mixed to mono, converted to float64 and checked: a long track costs no more than a short one.
     """
-    audio = np.asarray(audio)
-    if audio.ndim not in (1, 2) or audio.size == 0:
-        raise AudioError(f"audio must be (n,) or (n, channels) samples, got shape {np.shape(audio)}")
+    audio, sr = audio_input(audio, sr, what=what)
     n = audio.shape[0]
-    sr = int(sr)
     gap = validate_gaps([as_gap(gap)], n / sr, what=what)[0]
     gap_start, gap_end = gap.to_samples(sr)
     gap_end = min(gap_end, n)

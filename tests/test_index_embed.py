@@ -89,8 +89,8 @@ def test_a_signal_arriving_in_chunks_is_embedded_the_same_bit_for_bit_while_hold
     cuts = np.sort(np.random.default_rng(3).choice(len(x), 60, replace=False))
     chunks = np.split(x, np.concatenate([[0, 0], cuts]))  # empty chunks too
     held = []
-    append = embed._SignalTail.append
-    monkeypatch.setattr(embed._SignalTail, "append", lambda tail, c: (append(tail, c), held.append(tail.n)))
+    append = embed.SignalTail.append
+    monkeypatch.setattr(embed.SignalTail, "append", lambda tail, c: (append(tail, c), held.append(tail.n)))
     got, n = embed_stream(iter(chunks), pca, CFG, expected_samples=expected)
     assert n == len(x)
     for field in ("positions", "has_pre", "has_post", "pre", "post"):
