@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from simdps.audio import audio_info, content_hash, to_mono
+from simdps.audio import audio_info, content_hash, sample_problem, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import SimDPSError
 from simdps.indexer.embed import ContextPCA, SignalTail, embed_stream
@@ -75,11 +75,12 @@ def search_signal_chunks(path: str | os.PathLike, cfg: SearchConfig = SearchConf
     chunks, decoded and resampled block by block (channel mean, then soxr HQ).
 
     The chunks joined are :func:`decode_search_signal`'s signal; nothing holds the whole file.
-    A decoding failure or a NaN/Inf sample raises :class:`SimDPSError` when reached.
+    A decoding failure, a NaN/Inf sample or one beyond ``MAX_SAMPLE`` raises :class:`SimDPSError` when reached.
     """
     def checked(chunk: np.ndarray) -> np.ndarray:
-        if not np.all(np.isfinite(chunk)):
-            raise SimDPSError(f"{path}: holds NaN/Inf samples; repair or re-export it")
+        problem = sample_problem(chunk, locate=False)
+        if problem is not None:
+            raise SimDPSError(f"{path}: {problem}")
         return chunk
 
     # (An exception in the consumer is not thrown in here at the yields, so this converts

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import (KeptHandles, audio_input, check_finite, content_hash, read_audio, read_audio_ranges,
+from simdps.audio import (KeptHandles, audio_input, check_samples, content_hash, read_audio, read_audio_ranges,
                           to_mono)
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
@@ -189,8 +189,8 @@ def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchCon
     first = max(0, (gap_start - keep) // step * step)
     last = min(n, gap_end + keep)
     x = to_mono(np.asarray(audio[first:last], dtype=np.float64))
-    check_finite(x[:gap_start - first], what)  # the gap itself may hold anything
-    check_finite(x[gap_end - first:], what)
+    check_samples(x[:gap_start - first], what)  # the gap itself may hold anything
+    check_samples(x[gap_end - first:], what)
     before = search_signal(x[:gap_start - first], sr, cfg) if gap_start else np.zeros(0, np.float32)
     after = search_signal(x[gap_end - first:], sr, cfg) if gap_end < n else np.zeros(0, np.float32)
     gs12 = len(before)

@@ -28,7 +28,7 @@ from dataclasses import astuple
 
 import numpy as np
 
-from simdps.audio import as_float, audio_input, check_finite, to_mono
+from simdps.audio import as_float, audio_input, check_samples, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import GapError
 from simdps.gaps import Gap, as_gap, validate_gaps
@@ -97,8 +97,8 @@ def search_track(
     gap_end = min(gap_end, len(x))
     if gap_end <= gap_start:
         raise GapError(f"gap {gap} is shorter than one sample at {sr} Hz; give a longer gap")
-    check_finite(x[:gap_start], path)  # the gap itself may hold anything (NaN included)
-    check_finite(x[gap_end:], path)
+    check_samples(x[:gap_start], path)  # the gap itself may hold anything (NaN included)
+    check_samples(x[gap_end:], path)
 
     rate = cfg.sample_rate
     workers = default_threads(workers)

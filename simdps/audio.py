@@ -35,7 +35,9 @@ __all__ = [
     "resample",
     "write_audio_atomic",
     "content_hash",
-    "check_finite",
+    "check_samples",
+    "sample_problem",
+    "MAX_SAMPLE",
 ]
 
 
@@ -387,15 +389,37 @@ def whole_hz(sr) -> int:
     return int(rate)
 
 
-def check_finite(data: np.ndarray, what: str) -> None:
-    """Raise :class:`AudioError` if ``data`` holds NaN or Inf samples."""
+# Largest sample magnitude accepted (2^40, about 1.1e12). Audio is expected near +-1 (float)
+# or as integer PCM; much beyond this, squared STFT magnitudes overflow float32 and every
+# cost comes out NaN.
+MAX_SAMPLE = 2.0 ** 40
+
+
+def sample_problem(data: np.ndarray, *, locate: bool = True) -> str | None:
+    """What is wrong with ``data``'s sample values (NaN/Inf, or beyond :data:`MAX_SAMPLE`), or None;
+    ``locate`` counts the bad samples and names the first (off for a resampled chunk, whose
+    frame numbers and counts are not the file's).
+
+    Two passes (max and min, which NaN propagates through) and no temporary array.
+    """
+    if data.size == 0 or (data.max() <= MAX_SAMPLE and data.min() >= -MAX_SAMPLE):
+        return None
     bad = ~np.isfinite(data)
     if bad.any():
+        if not locate:
+            return "holds NaN/Inf samples; repair or re-export it"
         first = int(np.argwhere(bad)[0][0])
-        raise AudioError(
-            f"{what}: {int(bad.sum())} NaN/Inf samples (first at frame {first}); "
-            "repair or re-export the file before restoring it"
-        )
+        return f"holds {int(bad.sum())} NaN/Inf samples (first at frame {first}); repair or re-export it"
+    peak = float(np.max(np.abs(data)))
+    return (f"samples reach {peak:.3g}, far beyond full scale (audio is expected at about +-1, or as "
+            f"integer PCM); rescale it, e.g. divide it by {peak:.3g}")
+
+
+def check_samples(data: np.ndarray, what: str) -> None:
+    """Raise :class:`AudioError` if ``data`` holds NaN or Inf samples or absurdly large ones."""
+    problem = sample_problem(data)
+    if problem is not None:
+        raise AudioError(f"{what}: {problem}")
 
 
 _WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_audio_atomic)

@@ -457,6 +457,33 @@ def test_a_file_name_that_is_not_utf8_fails_that_file_not_the_build(tmp_path):
     assert sorted(check_consistent(tmp_path / "idx", root)["ok"]) == ["a.wav"]
 
 
+def test_float_files_with_nan_inf_or_absurd_levels_fail_with_their_reason_and_queries_too(tmp_path):
+    """Squared STFT magnitudes overflow float32 near 1e16, which made every cost of such audio
+    NaN (and its file unfindable): a corpus file or a query beyond 2^40 is refused, and says so."""
+    root = tmp_path / "corpus"
+    x = piano_like(12.0, SR, seed=1)
+    sf.write(root.mkdir() or root / "a.wav", x, SR)
+    for name, damage in (("nan.wav", np.nan), ("inf.wav", -np.inf)):
+        y = x.copy()
+        y[SR * 5] = damage
+        sf.write(root / name, y, SR, subtype="FLOAT")
+    sf.write(root / "huge.wav", 1e20 * x, SR, subtype="FLOAT")
+    sf.write(root / "loud.wav", 2.0 ** 39 * x / np.abs(x).max(), SR, subtype="FLOAT")  # in range
+    result = build_index(root, tmp_path / "idx", config=SMALL, progress=False)
+    errors = dict(result.errors)
+    assert sorted(errors) == ["huge.wav", "inf.wav", "nan.wav"]
+    assert "NaN/Inf" in errors["nan.wav"] and "NaN/Inf" in errors["inf.wav"]
+    assert "samples reach" in errors["huge.wav"] and "rescale" in errors["huge.wav"]
+    index = Index.open(tmp_path / "idx")
+    cands = index.search(x, SR, (6.0, 7.0), k=3)
+    assert cands and all(np.isfinite(c.cost) for c in cands)
+    # the loud copy is the same music at another level: it is found where the query's own audio is
+    loud = [c for c in cands if Path(c.path).name == "loud.wav"]
+    assert loud and abs(loud[0].start_sample - 6 * SR) <= 1 and loud[0].cost < 1e-3
+    with pytest.raises(SimDPSError, match="rescale"):
+        index.search(1e20 * x, SR, (6.0, 7.0), k=3)
+
+
 def test_bad_catalog_urls_and_foreign_or_damaged_index_folders_give_clear_errors(corpus, tmp_path, capsys):
     from simdps.cli.index import main
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from simdps.audio import audio_info, check_finite, read_audio, to_mono
+from simdps.audio import audio_info, check_samples, read_audio, to_mono
 from simdps.config import SearchConfig
 from simdps.errors import GapError, SimDPSError, collect_notes
 from simdps.gaps import Gap
@@ -220,7 +220,7 @@ class GuideFinder:
     def _guide(self) -> tuple[np.ndarray, int]:
         if self._guide_data is None:
             data, sr = read_audio(self.guide_path)
-            check_finite(data, str(self.guide_path))
+            check_samples(data, str(self.guide_path))
             self._guide_data = (data, sr)
         return self._guide_data
 

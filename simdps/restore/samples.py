@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdps.audio import AudioInfo, audio_info, check_finite, read_audio, write_audio_atomic
+from simdps.audio import AudioInfo, audio_info, check_samples, read_audio, write_audio_atomic
 from simdps.errors import AudioError
 
 __all__ = [
@@ -93,7 +93,7 @@ def read_native(path: str | os.PathLike) -> NativeAudio:
         dtype = "float64"
     data, _ = read_audio(path, dtype=dtype)
     if data.dtype.kind == "f":
-        check_finite(data, str(path))
+        check_samples(data, str(path))
     return NativeAudio(np.ascontiguousarray(data), info)
 
 
