@@ -404,19 +404,25 @@ class Index:
 
     # ---- description ----------------------------------------------------------------
     def info(self) -> dict:
-        """Tracks, hours, vectors, factory and size on disk (what ``simdps-index info`` prints)."""
+        """Tracks, hours, vectors, factory and size on disk (what ``simdps-index info`` prints).
+
+        Tracks, hours, vectors and size describe the generation this ``Index`` searches; the
+        failed files and the last build are the catalog's now. When a later build has made
+        another generation live, ``live_generation`` says which (``Index.open`` loads it) and
+        the size is that of this generation's folder, or None once the build has removed it.
+        """
         catalog = Catalog(self.db_url, create=False)
         try:
             rows = catalog.tracks()
             last = catalog.last_build()
+            live = catalog.live_generation()
         finally:
             catalog.dispose()
-        ok = [t for t in rows.values() if t.status == "ok"]
-        hours = sum(t.duration_s or 0.0 for t in ok) / 3600.0
+        hours = float(np.sum(self.tracks.frames / self.tracks.sample_rate)) / 3600.0
         gdir = gen_dir(self.index_dir, self.generation)
-        index_bytes = folder_bytes(gdir)
+        index_bytes = folder_bytes(gdir) if gdir.is_dir() else None
         catalog_path = self.index_dir / "catalog.sqlite"
-        if catalog_path.exists():
+        if index_bytes is not None and catalog_path.exists():
             index_bytes += catalog_path.stat().st_size
         cache_bytes = folder_bytes(self.index_dir / "cache")
         signals_bytes = folder_bytes(self.index_dir / SIGNALS_DIR)
@@ -425,7 +431,8 @@ class Index:
             "corpus_root": self.corpus_root,
             "catalog": display_url(self.db_url),
             "generation": self.generation,
-            "tracks": len(ok),
+            "live_generation": live,
+            "tracks": len(self.tracks.track_id),
             "failed_files": sum(1 for t in rows.values() if t.status == "error"),
             "hours": hours,
             "positions": int(self._gen_info.get("positions", 0)),
@@ -436,7 +443,7 @@ class Index:
             "coarse_hop": self.config.search.coarse_hop,
             "pca_variance_kept": self._gen_info.get("pca_variance_kept", {}),
             "size_bytes": index_bytes,
-            "bytes_per_hour": index_bytes / hours if hours > 0 else None,
+            "bytes_per_hour": index_bytes / hours if index_bytes is not None and hours > 0 else None,
             "cache_bytes": cache_bytes,
             "signals_bytes": signals_bytes,  # kept search signals (keep_signals), not counted in size_bytes
             "last_build": {k: last[k] for k in ("id", "status", "started_at", "finished_at", "files_added",

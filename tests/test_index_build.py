@@ -110,6 +110,7 @@ def test_second_build_adds_new_drops_deleted_and_skips_unchanged(corpus, tmp_pat
     assert again.generation == first.generation, "nothing changed: no new index files"
     assert (again.stats.files_added, again.stats.files_unchanged, again.stats.files_removed) == (0, 5, 0)
 
+    before = Index.open(index_dir)
     write(corpus / "d.wav", 11.0, 4)  # new
     (corpus / "a.wav").unlink()  # deleted
     write(corpus / "b.flac", 10.0, 5, sr=22_050)  # same name, new content
@@ -128,6 +129,14 @@ def test_second_build_adds_new_drops_deleted_and_skips_unchanged(corpus, tmp_pat
     # and the cache keeps only live shards
     cache = [p for p in (index_dir / "cache").rglob("*.npz") if p.name != "pca.npz"]
     assert len(cache) == 3
+    # an Index opened before describes what it searches, and names the generation now live
+    old, new = before.info(), Index.open(index_dir).info()
+    assert (old["generation"], old["live_generation"]) == (first.generation, third.generation)
+    assert new["generation"] == new["live_generation"] == third.generation
+    assert (old["tracks"], new["tracks"]) == (3, 3)
+    assert old["hours"] == pytest.approx((12 + 10 + 9) / 3600) and new["hours"] == pytest.approx((11 + 10 + 9) / 3600)
+    assert old["size_bytes"] is None and old["bytes_per_hour"] is None  # its folder is gone
+    assert new["size_bytes"] > 0
 
 
 def test_build_refuses_other_embedding_settings_without_rebuild(corpus, tmp_path):
