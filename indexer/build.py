@@ -152,14 +152,23 @@ def _exclusive(index_dir: Path):
 
 def _build_locked(t_start: float, corpus_root: Path, index_dir: Path, config: IndexConfig | None,
                   db_url: str | None, workers: int, rebuild: bool, progress: bool) -> BuildResult:
+    new_folder = not (index_dir / CONFIG_FILE).exists()
     config, db_url = _settings(index_dir, corpus_root, config, db_url, rebuild)
+    config.check()
+    catalog = Catalog(db_url)
+    if new_folder and not rebuild and catalog.live_generation() is not None:
+        last = catalog.last_build() or {}
+        catalog.dispose()
+        raise SimDPSError(f"{display_url(db_url)} already holds the catalog of another index (of "
+                          f"{last.get('corpus_root', 'another corpus')}); one database serves one index: give "
+                          "this one its own --db, or pass --rebuild to make this folder that catalog's index "
+                          "(the other index folder then no longer matches it)")
     write_json_atomic(index_dir / CONFIG_FILE, {
         "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),
         "db_url": None if db_url == default_url(index_dir) else display_url(db_url),
         "index": config.to_dict(),
     }, sort_keys=True)
     store.configure_threads(workers)
-    catalog = Catalog(db_url)
     build_id = catalog.begin_build(config=config.to_dict(), corpus_root=str(corpus_root),
                                    factory=config.factory, workers=workers)
     try:
@@ -220,8 +229,10 @@ class _Build:
         live_gen = self.catalog.live_generation()
         live_dir = gen_dir(self.index_dir, live_gen) if live_gen is not None else None
         if live_dir is not None and not live_dir.exists():
-            raise SimDPSError(f"{live_dir}: the live index files are missing; "
-                              "rebuild with `simdps-index build --rebuild`")
+            if not self.rebuild:
+                raise SimDPSError(f"{live_dir}: the live index files are missing; "
+                                  "rebuild with `simdps-index build --rebuild`")
+            live_dir = None  # a rebuild needs none of them
         remove_other_generations(self.index_dir, keep=live_gen)
         use_live = live_dir is not None and not self.rebuild
 
@@ -341,7 +352,19 @@ class _Build:
             path = cache_root / pending.read_text().strip() / PCA_FILE
             if path.exists():
                 return path  # a killed first build: its shards stay valid
-        pca = fit_pca(self._pca_sample(files), self.config)
+        if not files:
+            ignored = self.stats.files_ignored
+            raise SimDPSError(f"{self.corpus_root}: no audio files found ({ignored} other file{'s' * (ignored != 1)} "
+                              "ignored); the index reads WAV, FLAC, OGG, AIFF, MP3 and the other formats "
+                              "libsndfile knows by their extension")
+        samples, unreadable = self._pca_sample(files)
+        try:
+            pca = fit_pca(samples, self.config)
+        except SimDPSError as exc:
+            if not unreadable:
+                raise
+            raise SimDPSError(f"{exc}; {len(unreadable)} of the {len(unreadable) + len(samples)} files tried could "
+                              f"not be read, e.g. {unreadable[0]}") from None
         cache_root.mkdir(parents=True, exist_ok=True)
         # Saved beside the cache first: its content names the folder it moves into.
         tmp = temp_file(cache_root, prefix=".pca.", suffix=".npz")
@@ -357,8 +380,9 @@ class _Build:
         write_text_atomic(pending, fp)
         return path
 
-    def _pca_sample(self, files: list[CorpusFile]):
-        """Phase-0 features of excerpts of up to ``pca_train_files`` files (seeded choice)."""
+    def _pca_sample(self, files: list[CorpusFile]) -> tuple[list, list[str]]:
+        """Phase-0 features of excerpts of up to ``pca_train_files`` files (seeded choice), and why
+        each file tried that could not be read failed (its error, which names it)."""
         rng = np.random.default_rng(self.config.seed)
         order = rng.permutation(len(files))
         n_files = min(len(files), self.config.pca_train_files)
@@ -366,7 +390,7 @@ class _Build:
         from simdps.indexer.embed import side_extent
 
         excerpt_12k = per_file * self.cfg.coarse_hop + 2 * side_extent(self.cfg)
-        samples = []
+        samples, unreadable = [], []
         bar = tqdm(total=n_files, unit="file", desc="fitting PCA", disable=not self.progress, leave=False)
         for i in order:
             if len(samples) >= n_files:
@@ -377,12 +401,13 @@ class _Build:
                 length = int(math.ceil(excerpt_12k * info.sample_rate / self.cfg.sample_rate))
                 start = int(rng.integers(0, max(1, info.frames - length + 1)))
                 x12k, _ = decode_search_signal(f.abs_path, self.cfg, start=start, stop=start + length)
-            except SimDPSError:
+            except SimDPSError as exc:
+                unreadable.append(str(exc))
                 continue  # recorded as an error when the file itself is processed
             samples.append(frame_features(x12k, self.cfg))
             bar.update(1)
         bar.close()
-        return samples
+        return samples, unreadable
 
     def _process(self, tasks: list[FileTask]) -> list[FileResult]:
         results: list[FileResult] = []

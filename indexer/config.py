@@ -51,6 +51,34 @@ class IndexConfig:
     def dim(self) -> int:
         return self.stft_dims + self.chroma_dims
 
+    def check(self) -> None:
+        """Raise :class:`SimDPSError` for settings no index can be built with, before a build
+        writes them or decodes anything (they used to fail half-way, or deep in FAISS)."""
+        from simdps.indexer import store
+        from simdps.indexer.embed import _frames_used
+
+        s = self.search
+        for name in ("sample_rate", "n_fft", "hop_length", "coarse_hop"):
+            value = getattr(s, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SimDPSError(f"search setting {name} must be a whole number >= 1, got {value!r}")
+        if s.coarse_hop % s.hop_length:
+            raise SimDPSError(f"the position hop Lh ({s.coarse_hop} samples) must be a multiple of the frame "
+                              f"hop ({s.hop_length}), e.g. --hop {max(1, round(s.coarse_hop / s.hop_length)) * s.hop_length}")
+        n1, n2 = _frames_used(s)
+        if not (n1 and n2):
+            raise SimDPSError("the context holds no weighted frame; make the context (Lc) and both ramps "
+                              f"longer than one {s.n_fft}-sample frame")
+        limits = (("stft_frame_dims", self.stft_frame_dims, s.n_fft // 2 + 1),
+                  ("stft_dims", self.stft_dims, n1 * min(self.stft_frame_dims, s.n_fft // 2 + 1)),
+                  ("chroma_dims", self.chroma_dims, n2 * 12))
+        for name, value, most in limits:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise SimDPSError(f"{name} must be a whole number from 1 to {most} (the values its block "
+                                  f"holds), got {value!r}")
+        if self.factory is not None:
+            store.new_index(self.factory, self.dim)  # FAISS's own parse, as a SimDPSError
+
     def to_dict(self) -> dict:
         return asdict(self)
 

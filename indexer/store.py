@@ -70,7 +70,9 @@ def choose_factory(n_vectors: int, dim: int, *, flat_max_vectors: int = 100_000,
     if n_vectors <= flat_max_vectors:
         return "Flat"
     if dim % pq_m:
-        raise SimDPSError(f"PQ needs the dimension ({dim}) to be a multiple of pq_m ({pq_m})")
+        raise SimDPSError(f"the IVF-PQ structure a corpus of this size gets needs the embedding width ({dim}) "
+                          f"to be a multiple of {pq_m}: pass a --factory for {dim}-d vectors (the embeddings "
+                          f"made so far are kept), or --rebuild with --dims that add up to a multiple of {pq_m}")
     nlist = 2 ** round(math.log2(4 * math.sqrt(n_vectors)))
     nlist = max(64, min(65536, nlist))
     while nlist > 64 and n_vectors < 39 * nlist:

@@ -545,3 +545,52 @@ def test_build_arguments_are_checked(corpus, tmp_path):
     for workers in (0, -1, 1.5):
         with pytest.raises(SimDPSError, match="workers"):
             build_index(corpus, tmp_path / "idx", workers=workers, progress=False)
+
+
+def test_settings_no_index_can_use_are_refused_before_anything_is_written(corpus, tmp_path, capsys):
+    """A first build with an unusable setting used to write it into config.json and fail half-way
+    (or in FAISS, with a traceback), after which only --rebuild could get the folder back."""
+    from dataclasses import replace
+
+    from simdps.config import SearchConfig
+
+    index_dir = tmp_path / "idx"
+    bad = {"hop 1000 (not a multiple of the frame hop)": (replace(SMALL, search=SearchConfig(coarse_hop=1000)),
+                                                           "multiple of the frame hop"),
+           "stft_dims wider than its block": (replace(SMALL, stft_dims=5000), "stft_dims must be"),
+           "chroma_dims wider than its block": (replace(SMALL, chroma_dims=2000), "chroma_dims must be"),
+           "an unknown FAISS structure": (replace(SMALL, factory="Garbage"), "FAISS cannot build")}
+    for what, (config, message) in bad.items():
+        with pytest.raises(SimDPSError, match=message):
+            build_index(corpus, index_dir, config=config, progress=False)
+        assert not (index_dir / "config.json").exists(), what
+    assert build_index(corpus, index_dir, config=SMALL, progress=False).stats.files_added == 3
+    from simdps.cli.index import main
+
+    with pytest.raises(SystemExit) as exit_info:  # it was a traceback from FAISS
+        main(["build", str(corpus), "--index", str(tmp_path / "cli"), "--dims", "5000,64", "-q"])
+    assert exit_info.value.code == 2
+    assert "stft_dims must be a whole number from 1 to 1152" in capsys.readouterr().err
+
+
+def test_one_database_serves_one_index(corpus, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    build_index(corpus, tmp_path / "first", config=SMALL, db_url=url, progress=False)
+    with pytest.raises(SimDPSError, match="already holds the catalog of another index"):
+        build_index(corpus, tmp_path / "second", config=SMALL, db_url=url, progress=False)
+    assert not (tmp_path / "second" / "config.json").exists()
+    # --rebuild makes the new folder that catalog's index (it used to stop on the other's missing files)
+    result = build_index(corpus, tmp_path / "second", config=SMALL, db_url=url, rebuild=True, progress=False)
+    assert result.stats.files_added == 3
+    assert Index.open(tmp_path / "second").info()["tracks"] == 3
+
+
+def test_a_corpus_with_no_readable_audio_says_why(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "notes.txt").write_text("liner notes")
+    with pytest.raises(SimDPSError, match="no audio files found .1 other file ignored"):
+        build_index(root, tmp_path / "idx", config=SMALL, progress=False)
+    (root / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEgarbage")
+    with pytest.raises(SimDPSError, match=r"too little audio.*1 of the 1 files tried could not be read.*broken\.wav"):
+        build_index(root, tmp_path / "idx", config=SMALL, progress=False)
