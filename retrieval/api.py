@@ -38,6 +38,8 @@ from simdps.retrieval.index_search import (
     complete_sides,
     hash_if_file,
     is_query_track,
+    same_recording,
+    SAME_RECORDING_S,
     merge_hits,
     prepare_query,
     side_distances,
@@ -263,6 +265,15 @@ class Index:
         covered = reach12 - cfg.coarse_hop
         span12 = query.context.pre_extent + query.length12 + query.context.post_extent + 2 * reach12
 
+        checked_copy: set[int] = set()
+        near = reach12 * query.sr / cfg.sample_rate + SAME_RECORDING_S * query.sr + context
+
+        def near_gap(c) -> bool:
+            """Whether a candidate's window could reach the gap or its context, were its source the
+            query's recording (shifted by up to SAME_RECORDING_S)."""
+            start = c.start12 * query.sr / cfg.sample_rate
+            return query.gap_start - near - length < start < query.gap_end + near
+
         def admissible(c):
             """``(track, bounds)`` key of a candidate that may be re-scored, or None."""
             n12 = int(tracks.frames[c.track] * cfg.sample_rate / tracks.sample_rate[c.track])
@@ -271,6 +282,11 @@ class Index:
             bounds = None
             if c.track not in own:
                 own[c.track] = is_query_track(tracks, c.track, query, query_path, query_hash)
+            if not own[c.track] and c.track not in checked_copy and near_gap(c):
+                # Another rate or encoding of the query's recording has the gap's own audio here;
+                # looked for only when a candidate comes this near (a read, a resample, an FFT).
+                checked_copy.add(c.track)
+                own[c.track] = same_recording(tracks, c.track, query)
             if own[c.track]:
                 if exclude_query_track:
                     return None  # the exhaustive in-track search covers this recording
@@ -278,8 +294,11 @@ class Index:
                 start = c.start12 * query.sr / cfg.sample_rate
                 if start + length > query.gap_start - context and start < query.gap_end + context:
                     return None
-                bounds = ((0, query.gap_start - context - length) if start < query.gap_start
-                          else (query.gap_end + context, int(tracks.frames[c.track]) - length))
+                # (in the source's samples: another encoding of the recording may have another rate)
+                ratio = int(tracks.sample_rate[c.track]) / query.sr
+                bounds = ((0, math.floor((query.gap_start - context - length) * ratio)) if start < query.gap_start
+                          else (math.ceil((query.gap_end + context) * ratio),
+                                int(tracks.frames[c.track]) - math.ceil(length * ratio)))
             return (c.track, bounds)
 
         # Every candidate taken so far, per key: [start12, estimate of its window, round taken].

@@ -39,8 +39,10 @@ For a query gap ``[ts, te)`` of ``L`` samples (12 kHz):
    clearly worse ``J``. (Refining only these ``k``
    keeps the latency down: a refinement costs about as much as a re-score.)
 
-When the query's own file is in the corpus, its candidates obey the in-track rule
-(``retrieval/track.py``): no segment overlapping the gap or its ``Lc`` context.
+When the query's own file is in the corpus (:func:`is_query_track`), or its recording at another
+rate or through a lossy codec (:func:`same_recording`, asked when a candidate comes near the
+gap's time), its candidates obey the in-track rule (``retrieval/track.py``): no segment
+overlapping the gap or its ``Lc`` context.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
 from simdps.audio import (KeptHandles, audio_input, check_samples, content_hash, read_audio, read_audio_ranges,
-                          to_mono)
+                          resample, to_mono)
 from simdps.config import SearchConfig
 from simdps.errors import AudioError, GapError, SimDPSError
 from simdps.gaps import Gap, as_gap, validate_gaps
@@ -578,6 +581,46 @@ def is_query_track(tracks: TrackTable, i: int, query: Query, query_path: str | N
         return False
     ref = query.audio[lo - query.offset:lo - query.offset + n]
     return bool(np.max(np.abs(to_mono(data) - ref)) <= 1e-4 * max(1e-9, float(np.max(np.abs(ref)))) + 1e-7)
+
+
+# Another encoding of the query's recording (another rate, a lossy codec): its duration may differ
+# by an encoder's padding and its samples be shifted by the codec's delay, up to this much.
+SAME_RECORDING_S = 0.25
+SAME_RECORDING_CORRELATION = 0.95  # normalised correlation a re-encoding keeps beside the gap
+
+
+def same_recording(tracks: TrackTable, i: int, query: Query) -> bool:
+    """Whether corpus track ``i`` is the query's recording in another form: another sample rate
+    or a lossy encoding of it, which :func:`is_query_track` (same rate, length and samples) misses.
+
+    Of the same duration (within :data:`SAME_RECORDING_S`), and its waveform over the second of
+    observed context beside the gap equal to the query's up to gain, a shift of at most
+    ``SAME_RECORDING_S`` and the codec's error (normalised correlation at least
+    :data:`SAME_RECORDING_CORRELATION`). A silent context tells nothing: False.
+    """
+    sr_t, frames_t = int(tracks.sample_rate[i]), int(tracks.frames[i])
+    if abs(frames_t / sr_t - query.track_frames / query.sr) > SAME_RECORDING_S:
+        return False
+    n = min(query.sr, max(query.gap_start, query.track_frames - query.gap_end))
+    lo = query.gap_start - n if query.gap_start >= n else query.gap_end
+    ref = query.audio[lo - query.offset:lo - query.offset + n]
+    margin = int(math.ceil(SAME_RECORDING_S * sr_t))
+    first = int(round(lo * sr_t / query.sr)) - margin
+    try:
+        data, _ = read_audio(tracks.path[i], start=max(0, first), stop=max(0, first + int(math.ceil(n * sr_t / query.sr))
+                                                                            + 2 * margin), dtype="float32")
+    except SimDPSError:
+        return False
+    x = resample(np.concatenate([np.zeros(max(0, -first), np.float32), to_mono(data)]), sr_t, query.sr)
+    if len(x) < n or not np.any(ref):
+        return False
+    # correlation of ref with every n-sample span of x (one FFT product), over both norms
+    size = scipy.fft.next_fast_len(len(x) + n)
+    dots = scipy.fft.irfft(scipy.fft.rfft(x, size) * np.conj(scipy.fft.rfft(ref, size)), size)[:len(x) - n + 1]
+    energy = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
+    norms = np.sqrt(np.maximum(energy[n:] - energy[:-n], 0.0) * float(np.dot(ref, ref)))
+    score = np.where(norms > 0, dots / np.maximum(norms, 1e-300), 0.0)
+    return bool(np.max(score) >= SAME_RECORDING_CORRELATION)
 
 
 def hash_if_file(path: str | None) -> str | None:

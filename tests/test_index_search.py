@@ -326,6 +326,53 @@ def test_the_query_track_in_the_corpus_obeys_the_in_track_rule(planted, give_pat
     assert Path(cands[0].path).name == "host.flac"
 
 
+def _reencoded(q: np.ndarray, seed: int = 3) -> tuple[np.ndarray, int]:
+    """The query's recording as another program might have saved it: at 48 kHz, 20 ms later
+    (a codec's delay), 0.1 s longer, with noise 40 dB down (a lossy codec's error)."""
+    from simdps.audio import resample
+
+    y = resample(q, SR, 48_000)
+    y = np.concatenate([np.zeros(960), y, np.zeros(4800)])
+    return y + 0.01 * np.std(y) * np.random.default_rng(seed).standard_normal(len(y)), 48_000
+
+
+def test_the_query_recording_at_another_rate_or_encoding_is_excluded_as_the_track_itself(planted):
+    """A corpus copy of the query's recording at another rate or through a lossy codec has the
+    gap's own audio: it used to come back first at J ~ 0 (the same file or samples only were
+    recognised); it now obeys the in-track rule as the file itself does."""
+    index, q, root, _ = planted
+    gap = (GAP_START_S, GAP_START_S + 1.0)
+    y, sr = _reencoded(q)
+    cands = index.search(y, sr, gap, k=20, include_track=False, params=SearchParams(n_rescore=64))
+    own = [c for c in cands if Path(c.path).name == "query.wav"]
+    assert own and not [c for c in own if _overlaps_gap_context(c, gap)]
+    assert Path(cands[0].path).name == "host.flac" and cands[0].cost > 1e-3
+    cands = index.search(y, sr, gap, k=10)
+    assert not [c for c in cands if c.source == "index" and Path(c.path).name == "query.wav"]
+    assert cands[0].source == "index" and Path(cands[0].path).name == "host.flac"
+
+
+def test_a_recording_of_the_same_length_is_not_taken_for_the_query(tmp_path):
+    from simdps.retrieval.index_search import same_recording
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    q = _query_track()
+    sf.write(root / "other.wav", piano_like(24.0, SR, seed=101), SR)  # the query's length, other music
+    sf.write(root / "copy.wav", _reencoded(q)[0], 48_000)
+    silent = q.copy()
+    silent[int(7.0 * SR):int(11.0 * SR)] = 0.0
+    index = Index.build(root, tmp_path / "idx", config=SMALL)
+    rows = {Path(p).name: i for i, p in enumerate(index.tracks.path)}
+    query = prepare_query(q, SR, (9.0, 10.0), CFG)
+    assert same_recording(index.tracks, rows["copy.wav"], query)
+    assert not same_recording(index.tracks, rows["other.wav"], query)
+    assert not same_recording(index.tracks, rows["copy.wav"], prepare_query(silent, SR, (9.0, 10.0), CFG))
+    # other.wav's own passages beside the gap's time stay candidates
+    near = [c for c in index.search(q, SR, (9.0, 10.0), k=30, include_track=False) if Path(c.path).name == "other.wav"]
+    assert [c for c in near if _overlaps_gap_context(c, (9.0, 10.0))]
+
+
 def test_search_merges_the_query_tracks_own_candidates(planted):
     index, q, root, _ = planted
     gap = (GAP_START_S, GAP_START_S + 1.0)
