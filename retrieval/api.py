@@ -336,8 +336,13 @@ class Index:
             return min(taken[key], key=lambda entry: abs(entry[0] - hit.start12))[1]
 
         def best_distinct(hits: list) -> list:
-            """The ``k`` best ``(hit, key)`` pairs, a hit within Lh of a better one in its file being the same match."""
+            """The ``k`` best ``(hit, key)`` pairs, a hit within Lh of a better one in its file being the same match.
+
+            Leaves out the hits of a track recognised as the query's recording after some of its
+            windows were taken (``same_recording``) when the in-track search covers it."""
             best: list = []
+            if exclude_query_track:
+                hits = [(h, key) for h, key in hits if not own[key[0]]]
             for h, key in sorted(hits, key=lambda pair: (pair[0].cost, pair[0].path, pair[0].start12)):
                 if all(h.path != o.path or abs(h.start12 - o.start12) > cfg.coarse_hop for o, _ in best):
                     best.append((h, key))
