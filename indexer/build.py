@@ -64,6 +64,11 @@ LOCK_FILE = ".build.lock"
 
 # IndexConfig fields that change the vectors: an existing index cannot switch them in place.
 EMBEDDING_FIELDS = ("search", "stft_frame_dims", "stft_dims", "chroma_dims")
+# IndexConfig fields a generation is written with that change neither the vectors nor the files
+# (pca_*, seed: a fit already made; keep_signals: the signals/ folder): changed on an existing
+# index, they make a new generation even when no file changed.
+STRUCTURE_FIELDS = ("factory", "flat_max_vectors", "pq_m", "pq_nbits", "train_vectors_per_list", "nprobe",
+                    "ef_search")
 
 
 @dataclass
@@ -311,7 +316,7 @@ class _Build:
         # ---- assemble and commit a new generation -----------------------------------------
         generation, full = live_gen, False
         placed: list[TrackRow] = []
-        if new_rows or dropped or self.rebuild or not use_live:
+        if new_rows or dropped or self.rebuild or not use_live or self._structure_changed(live_dir):
             generation = self.build_id
             factory, full, placed = write_generation(
                 self.index_dir, generation, self.config, self.cache_dir, pca_path,
@@ -335,6 +340,15 @@ class _Build:
              "its name is not valid UTF-8 (another encoding, such as Latin-1), which the catalog cannot "
              "record; rename it to UTF-8 (for example with `convmv -f latin1 -t utf8`)") for f in misnamed]
         return BuildResult(self.index_dir, generation, factory, self.stats, 0.0, sorted(failed), full, still)
+
+    def _structure_changed(self, live_dir: Path) -> bool:
+        """Whether the FAISS structure or search settings asked for (``--factory``, ``--nprobe``, ...)
+        differ from those the live generation was written with."""
+        try:
+            live = IndexConfig.from_dict(json.loads((live_dir / CONFIG_FILE).read_text(encoding="utf-8"))["index"])
+        except (OSError, ValueError, KeyError, TypeError, SimDPSError):
+            return True  # unreadable: write a sound one
+        return any(getattr(live, f) != getattr(self.config, f) for f in STRUCTURE_FIELDS)
 
     # ------------------------------------------------------------------------------
     def _pca(self, live_dir: Path | None, files: list[CorpusFile]) -> Path:

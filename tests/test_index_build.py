@@ -594,3 +594,24 @@ def test_a_corpus_with_no_readable_audio_says_why(tmp_path):
     (root / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEgarbage")
     with pytest.raises(SimDPSError, match=r"too little audio.*1 of the 1 files tried could not be read.*broken\.wav"):
         build_index(root, tmp_path / "idx", config=SMALL, progress=False)
+
+
+def test_a_new_structure_or_search_setting_applies_even_when_no_file_changed(corpus, tmp_path):
+    """--factory and --nprobe on an up-to-date index used to be saved but not applied until some
+    file changed; info kept reporting the old ones."""
+    from dataclasses import replace
+
+    index_dir = tmp_path / "idx"
+    first = build_index(corpus, index_dir, config=SMALL, progress=False)
+    assert first.factory == "Flat"
+    ivf = build_index(corpus, index_dir, config=replace(SMALL, factory="IVF4,Flat", nprobe=2), progress=False)
+    assert ivf.generation != first.generation and ivf.factory == "IVF4,Flat" and ivf.full_rebuild
+    info = Index.open(index_dir).info()
+    assert (info["factory"], info["nprobe"], info["generation"]) == ("IVF4,Flat", 2, ivf.generation)
+    assert build_index(corpus, index_dir, progress=False).generation == ivf.generation  # nothing asked: no new one
+    probe = build_index(corpus, index_dir, config=replace(SMALL, factory="IVF4,Flat", nprobe=3), progress=False)
+    assert probe.generation != ivf.generation and not probe.full_rebuild  # the FAISS indexes are not retrained
+    index = Index.open(index_dir)
+    assert index.info()["nprobe"] == 3
+    q, sr = sf.read(corpus / "a.wav")
+    assert index.search(q, sr, (5.0, 6.0), k=3, include_track=False)
