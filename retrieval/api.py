@@ -83,11 +83,20 @@ class Index:
     def build(cls, corpus_dir: str | os.PathLike, index_dir: str | os.PathLike, *,
               config: IndexConfig | None = None, db_url: str | None = None, workers: int = 1,
               rebuild: bool = False, progress: bool = False) -> "Index":
-        """Build or update the index (see :func:`simdps.indexer.build.build_index`), then open it."""
+        """Build or update the index (see :func:`simdps.indexer.build.build_index`), then open it.
+
+        Files that could not be indexed (unreadable, damaged) are skipped and named in one
+        :class:`SimDPSWarning`; ``info()["failed_files"]`` counts them later."""
         from simdps.indexer.build import build_index  # (the build's modules stay out of a process that only searches)
 
-        build_index(corpus_dir, index_dir, config=config, db_url=db_url, workers=workers,
-                    rebuild=rebuild, progress=progress)
+        result = build_index(corpus_dir, index_dir, config=config, db_url=db_url, workers=workers,
+                             rebuild=rebuild, progress=progress)
+        failed = result.errors + result.still_failing
+        if failed:
+            shown = "; ".join(f"{path}: {why}" for path, why in failed[:3])
+            more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+            warnings.warn(f"{len(failed)} file(s) under {corpus_dir} could not be indexed and were skipped "
+                          f"({shown}{more})", SimDPSWarning, stacklevel=2)
         return cls.open(index_dir, db_url=db_url)
 
     @classmethod

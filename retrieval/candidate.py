@@ -190,12 +190,14 @@ class Candidate:
             "cost": float(self.cost),
             "cost_stft": float(self.cost_stft),
             "cost_chroma": float(self.cost_chroma),
+            "source": self.source,  # "index" (a corpus file) or "track" (the query recording itself)
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, source: str = "index",
                   audio: np.ndarray | None = None) -> "Candidate":
-        """Inverse of :meth:`to_json` (``source`` and in-memory ``audio`` given separately)."""
+        """Inverse of :meth:`to_json` (in-memory ``audio`` given separately; ``source`` where the
+        description has none)."""
         return cls(str(data["path"]), float(data["start_s"]), int(data["start_sample"]),
                    int(data["sample_rate"]), float(data["cost"]), float(data["cost_stft"]),
                    float(data["cost_chroma"]), source=data.get("source", source), audio=audio)

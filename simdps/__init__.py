@@ -2,7 +2,7 @@
 
 Public API (imported lazily so ``import simdps`` stays cheap)::
 
-    from simdps import Index, Gap, SimDPSError
+    from simdps import Index, Gap, SimDPSError, IndexConfig, SearchParams
     Index.open("corpus.index").search(audio, sr, gap=(12.5, 14.5), k=10)
 """
 
@@ -23,6 +23,8 @@ _LAZY = {
     "search_track": "simdps.retrieval.track",
     "restore": "simdps.restore",
     "SearchConfig": "simdps.config",
+    "IndexConfig": "simdps.indexer.config",
+    "SearchParams": "simdps.retrieval.index_search",
 }
 
 __all__ = ["AudioError", "Gap", "GapError", "SimDPSError", "SimDPSWarning", "parse_gap", "__version__", *_LAZY]

@@ -65,7 +65,12 @@ def _check_path(path: Path) -> None:
 
 
 def _unreadable(path: Path, exc: Exception) -> AudioError:
-    return AudioError(f"{path}: not a readable audio file ({_short(exc)}); use WAV, FLAC, OGG, AIFF or MP3")
+    kind = path.suffix.lstrip(".").upper()
+    if kind in sf.available_formats() or kind in ("OGA", "OPUS", "AIF", "AIFC", "WAVE"):
+        advice = f"it may be empty, damaged or truncated, or not really {kind}; re-export or replace it"
+    else:
+        advice = "use WAV, FLAC, OGG, AIFF or MP3"
+    return AudioError(f"{path}: not a readable audio file ({_short(exc)}); {advice}")
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:

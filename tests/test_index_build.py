@@ -79,6 +79,16 @@ def corpus(tmp_path):
     return root
 
 
+def test_index_build_in_python_names_the_files_it_skipped(corpus, tmp_path):
+    from simdps import IndexConfig as PublicIndexConfig, SearchParams, SimDPSWarning
+
+    assert PublicIndexConfig is IndexConfig and SearchParams().n_rescore == 20  # importable from simdps
+    with pytest.warns(SimDPSWarning, match=r"2 file\(s\) .* could not be indexed .*broken\.wav: .*not really WAV"):
+        Index.build(corpus, tmp_path / "idx", config=SMALL)
+    with pytest.warns(SimDPSWarning, match="empty.flac"):  # still skipped, and still said
+        Index.build(corpus, tmp_path / "idx")
+
+
 def test_build_indexes_audio_records_bad_files_and_ignores_the_rest(corpus, tmp_path):
     index_dir = tmp_path / "idx"
     result = build_index(corpus, index_dir, config=SMALL, progress=False)
@@ -263,7 +273,9 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
         [(c["path"], c["start_sample"]) for c in json.loads(decoded)["candidates"]]
     cands = out["candidates"]
     assert 1 <= len(cands) <= 3
-    assert set(cands[0]) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft", "cost_chroma"}
+    assert set(cands[0]) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft", "cost_chroma",
+                             "source"}
+    assert {c["source"] for c in cands} <= {"index", "track"}
     assert [c["cost"] for c in cands] == sorted(c["cost"] for c in cands)
     main(["query", str(query), "--gap", "6:7", "--index", str(index_dir), "--top", "3", "--json",
           "--n-complete", "0", "--k-ann", "64", "--n-rescore", "4"])

@@ -75,7 +75,7 @@ def test_candidates_stay_clear_of_the_gap_and_its_context():
         assert c.source == "track" and c.path == "<query>"
         assert c.start_sample + n <= gs - 3 * sr or c.start_sample >= ge + 3 * sr
         assert set(c.to_json()) == {"path", "start_s", "start_sample", "sample_rate", "cost", "cost_stft",
-                                    "cost_chroma"}
+                                    "cost_chroma", "source"}
         assert "audio" not in repr(c)
 
 
