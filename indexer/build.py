@@ -161,21 +161,24 @@ def _build_locked(t_start: float, corpus_root: Path, index_dir: Path, config: In
     config, db_url = _settings(index_dir, corpus_root, config, db_url, rebuild)
     config.check()
     catalog = Catalog(db_url)
-    if new_folder and not rebuild and catalog.live_generation() is not None:
-        last = catalog.last_build() or {}
+    try:
+        if new_folder and not rebuild and catalog.live_generation() is not None:
+            last = catalog.last_build() or {}
+            raise SimDPSError(f"{display_url(db_url)} already holds the catalog of another index (of "
+                              f"{last.get('corpus_root', 'another corpus')}); one database serves one index: "
+                              "give this one its own --db, or pass --rebuild to make this folder that catalog's "
+                              "index (the other index folder then no longer matches it)")
+        write_json_atomic(index_dir / CONFIG_FILE, {
+            "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),
+            "db_url": None if db_url == default_url(index_dir) else display_url(db_url),
+            "index": config.to_dict(),
+        }, sort_keys=True)
+        store.configure_threads(workers)
+        build_id = catalog.begin_build(config=config.to_dict(), corpus_root=str(corpus_root),
+                                       factory=config.factory, workers=workers)
+    except BaseException:
         catalog.dispose()
-        raise SimDPSError(f"{display_url(db_url)} already holds the catalog of another index (of "
-                          f"{last.get('corpus_root', 'another corpus')}); one database serves one index: give "
-                          "this one its own --db, or pass --rebuild to make this folder that catalog's index "
-                          "(the other index folder then no longer matches it)")
-    write_json_atomic(index_dir / CONFIG_FILE, {
-        "format_version": FORMAT_VERSION, "corpus_root": str(corpus_root),
-        "db_url": None if db_url == default_url(index_dir) else display_url(db_url),
-        "index": config.to_dict(),
-    }, sort_keys=True)
-    store.configure_threads(workers)
-    build_id = catalog.begin_build(config=config.to_dict(), corpus_root=str(corpus_root),
-                                   factory=config.factory, workers=workers)
+        raise
     try:
         result = _Build(catalog, build_id, corpus_root, index_dir, config, workers, rebuild, progress).run()
     except BaseException as exc:  # KeyboardInterrupt too: the build row must not stay 'running'

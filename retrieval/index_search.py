@@ -605,10 +605,10 @@ def same_recording(tracks: TrackTable, i: int, query: Query) -> bool:
     lo = query.gap_start - n if query.gap_start >= n else query.gap_end
     ref = query.audio[lo - query.offset:lo - query.offset + n]
     margin = int(math.ceil(SAME_RECORDING_S * sr_t))
-    first = int(round(lo * sr_t / query.sr)) - margin
+    first = int(round(lo * sr_t / query.sr)) - margin  # the same second in the track, and a margin each side
+    stop = first + int(math.ceil(n * sr_t / query.sr)) + 2 * margin
     try:
-        data, _ = read_audio(tracks.path[i], start=max(0, first), stop=max(0, first + int(math.ceil(n * sr_t / query.sr))
-                                                                            + 2 * margin), dtype="float32")
+        data, _ = read_audio(tracks.path[i], start=max(0, first), stop=max(0, stop), dtype="float32")
     except SimDPSError:
         return False
     x = resample(np.concatenate([np.zeros(max(0, -first), np.float32), to_mono(data)]), sr_t, query.sr)
