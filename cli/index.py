@@ -80,7 +80,7 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
     s = result.stats
     summary = {
         "index": str(Path(index_dir)), "generation": result.generation, "factory": result.factory,
-        "files_seen": s.files_seen, "added": s.files_added, "unchanged": s.files_unchanged,
+        "files_seen": s.files_seen, "added": s.files_added, "changed": result.changed, "unchanged": s.files_unchanged,
         "removed": s.files_removed, "failed": s.files_failed, "ignored": s.files_ignored,
         "hours": s.hours, "vectors": s.vectors, "seconds": result.seconds,
         "errors": [{"path": p, "error": e} for p, e in result.errors],
@@ -89,7 +89,8 @@ def build(corpus, index_dir, workers, db_url, factory, coarse_hop, nprobe, dims,
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"{index_dir}: {s.files_added} added, {s.files_unchanged} unchanged, {s.files_removed} removed, "
+    changed = f" ({result.changed} of them changed)" if result.changed else ""
+    click.echo(f"{index_dir}: {s.files_added} added{changed}, {s.files_unchanged} unchanged, {s.files_removed} removed, "
                f"{s.files_failed} failed"
                + (f" (and {len(result.still_failing)} unchanged since failing before)" if result.still_failing else "")
                + f", {s.files_ignored} non-audio ignored; "

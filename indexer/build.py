@@ -85,6 +85,9 @@ class BuildResult:
     # Files that failed in an earlier build and are unchanged since, so not tried again
     # (``--rebuild`` tries them): (relative path, the recorded message).
     still_failing: list[tuple[str, str]] = field(default_factory=list)
+    # Of ``stats.files_added``, files already in the catalog under the same path whose content
+    # changed (re-embedded).
+    changed: int = 0
 
 
 def _utf8(text: str) -> bool:
@@ -342,7 +345,9 @@ class _Build:
             (f.rel_path.encode("utf-8", "backslashreplace").decode("utf-8"),
              "its name is not valid UTF-8 (another encoding, such as Latin-1), which the catalog cannot "
              "record; rename it to UTF-8 (for example with `convmv -f latin1 -t utf8`)") for f in misnamed]
-        return BuildResult(self.index_dir, generation, factory, self.stats, 0.0, sorted(failed), full, still)
+        changed = sum(1 for r in new_ok if r.rel_path in rows and rows[r.rel_path].content_hash != r.content_hash)
+        return BuildResult(self.index_dir, generation, factory, self.stats, 0.0, sorted(failed), full, still,
+                           changed)
 
     def _structure_changed(self, live_dir: Path) -> bool:
         """Whether the FAISS structure or search settings asked for (``--factory``, ``--nprobe``, ...)

@@ -129,6 +129,7 @@ def test_second_build_adds_new_drops_deleted_and_skips_unchanged(corpus, tmp_pat
     third = build_index(corpus, index_dir, progress=False)
     s = third.stats
     assert (s.files_added, s.files_removed, s.files_failed) == (2, 1, 0)
+    assert third.changed == 1  # b.flac: of the 2 added, 1 was in the index with other content
     assert s.files_unchanged == 3  # c.wav (re-hashed, same content) and the two recorded bad files
     assert third.generation != first.generation and not third.full_rebuild
     state = check_consistent(index_dir, corpus)
@@ -254,6 +255,7 @@ def test_cli_build_info_query_and_user_errors(corpus, tmp_path, capsys):
     main(["build", str(corpus), "--index", str(index_dir), "-q", "--json", "--rebuild"])  # tried again
     summary = json.loads(capsys.readouterr().out)
     assert (summary["added"], summary["failed"]) == (3, 2) and not summary["still_failing"]
+    assert summary["changed"] == 0  # re-embedded, but the same content
 
     main(["info", "--index", str(index_dir), "--json"])
     info = json.loads(capsys.readouterr().out)
