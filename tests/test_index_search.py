@@ -328,7 +328,7 @@ def test_the_query_track_in_the_corpus_obeys_the_in_track_rule(planted, give_pat
 
 def _reencoded(q: np.ndarray, seed: int = 3) -> tuple[np.ndarray, int]:
     """The query's recording as another program might have saved it: at 48 kHz, 20 ms later
-    (a codec's delay), 0.1 s longer, with noise 40 dB down (a lossy codec's error)."""
+    (a codec's delay), 0.12 s longer, with noise 40 dB down (a lossy codec's error)."""
     from simdps.audio import resample
 
     y = resample(q, SR, 48_000)
