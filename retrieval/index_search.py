@@ -169,6 +169,13 @@ class Query:
     def length12(self) -> int:
         return self.ge12 - self.gs12
 
+    def observed_second(self) -> tuple[int, np.ndarray]:
+        """``(lo, samples)``: up to a second of observed audio beside the gap (before it when there
+        is a second there, else after it), from track sample ``lo``: what identifies the recording."""
+        n = min(self.sr, max(self.gap_start, self.track_frames - self.gap_end))
+        lo = self.gap_start - n if self.gap_start >= n else self.gap_end
+        return lo, self.audio[lo - self.offset:lo - self.offset + n]
+
 
 def prepare_query(audio: np.ndarray, sr: int, gap, cfg: SearchConfig = SearchConfig(),
                   *, what: str = "the query track") -> Query:
@@ -573,13 +580,11 @@ def is_query_track(tracks: TrackTable, i: int, query: Query, query_path: str | N
             return True
     if int(tracks.sample_rate[i]) != query.sr or int(tracks.frames[i]) != query.track_frames:
         return False
-    n = min(query.sr, max(query.gap_start, query.track_frames - query.gap_end))
-    lo = query.gap_start - n if query.gap_start >= n else query.gap_end
+    lo, ref = query.observed_second()
     try:
-        data, _ = read_audio(tracks.path[i], start=lo, stop=lo + n, dtype="float64")
+        data, _ = read_audio(tracks.path[i], start=lo, stop=lo + len(ref), dtype="float64")
     except SimDPSError:
         return False
-    ref = query.audio[lo - query.offset:lo - query.offset + n]
     return bool(np.max(np.abs(to_mono(data) - ref)) <= 1e-4 * max(1e-9, float(np.max(np.abs(ref)))) + 1e-7)
 
 
@@ -601,9 +606,8 @@ def same_recording(tracks: TrackTable, i: int, query: Query) -> bool:
     sr_t, frames_t = int(tracks.sample_rate[i]), int(tracks.frames[i])
     if abs(frames_t / sr_t - query.track_frames / query.sr) > SAME_RECORDING_S:
         return False
-    n = min(query.sr, max(query.gap_start, query.track_frames - query.gap_end))
-    lo = query.gap_start - n if query.gap_start >= n else query.gap_end
-    ref = query.audio[lo - query.offset:lo - query.offset + n]
+    lo, ref = query.observed_second()
+    n = len(ref)
     margin = int(math.ceil(SAME_RECORDING_S * sr_t))
     first = int(round(lo * sr_t / query.sr)) - margin  # the same second in the track, and a margin each side
     stop = first + int(math.ceil(n * sr_t / query.sr)) + 2 * margin
