@@ -55,16 +55,14 @@ class IndexConfig:
         """Raise :class:`SimDPSError` for settings no index can be built with, before a build
         writes them or decodes anything (they used to fail half-way, or deep in FAISS)."""
         from simdps.indexer import store
-        from simdps.indexer.embed import _frames_used
+        from simdps.indexer.embed import _frames_used, check_coarse_hop
 
         s = self.search
         for name in ("sample_rate", "n_fft", "hop_length", "coarse_hop"):
             value = getattr(s, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SimDPSError(f"search setting {name} must be a whole number >= 1, got {value!r}")
-        if s.coarse_hop % s.hop_length:
-            raise SimDPSError(f"the position hop Lh ({s.coarse_hop} samples) must be a multiple of the frame "
-                              f"hop ({s.hop_length}), e.g. --hop {max(1, round(s.coarse_hop / s.hop_length)) * s.hop_length}")
+        check_coarse_hop(s)
         n1, n2 = _frames_used(s)
         if not (n1 and n2):
             raise SimDPSError("the context holds no weighted frame; make the context (Lc) and both ramps "

@@ -65,7 +65,7 @@ from simdps.retrieval.features import (
     use_chroma_basis,
 )
 
-__all__ = ["ContextPCA", "TrackEmbeddings", "grid_positions", "fit_pca", "embed_track", "embed_signal", "embed_stream",
+__all__ = ["ContextPCA", "TrackEmbeddings", "check_coarse_hop", "grid_positions", "fit_pca", "embed_track", "embed_signal", "embed_stream",
            "SignalTail", "SIDES",
            "PCA_FILE"]
 
@@ -109,6 +109,17 @@ class TrackEmbeddings:
         return int(self.positions.shape[0])
 
 
+def check_coarse_hop(cfg: SearchConfig) -> int:
+    """The position hop Lh, or :class:`SimDPSError` unless it is a positive multiple of the frame
+    hop (so every position lies on the frame grid)."""
+    lh, hop = cfg.coarse_hop, cfg.hop_length
+    if lh <= 0 or lh % hop:
+        raise SimDPSError(f"the position hop Lh ({lh} samples) must be a positive multiple of the frame hop "
+                          f"({hop}) so every position lies on the frame grid, e.g. --hop "
+                          f"{max(1, round(lh / hop)) * hop}")
+    return lh
+
+
 def grid_positions(n_samples_12k: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every position ``m * Lh`` of a track of ``n_samples_12k`` samples, and which sides fit there.
 
@@ -116,10 +127,7 @@ def grid_positions(n_samples_12k: int, cfg: SearchConfig) -> tuple[np.ndarray, n
     samples before the position, a post-context as many from it on. All positions are
     kept (row ``m`` is position ``m * Lh``), so a position follows from its row id.
     """
-    lh = cfg.coarse_hop
-    if lh <= 0 or lh % cfg.hop_length:
-        raise SimDPSError(f"coarse hop Lh={lh} must be a positive multiple of the frame hop "
-                          f"({cfg.hop_length}) so every position lies on the frame grid")
+    lh = check_coarse_hop(cfg)
     extent = side_extent(cfg)
     grid = np.arange(0, n_samples_12k + 1, lh, dtype=np.int64)
     return grid, grid >= extent, grid + extent <= n_samples_12k
