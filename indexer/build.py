@@ -21,7 +21,6 @@ or on ``--rebuild`` (which also refits the PCA and re-embeds every file).
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import os
 import shutil
@@ -47,6 +46,7 @@ from simdps.indexer.generation import live_factory, write_generation
 from simdps.indexer.layout import (
     SIGNALS_DIR,
     gen_dir,
+    generation_config,
     pca_fingerprint,
     remove_other_generations,
     shard_path,
@@ -353,7 +353,7 @@ class _Build:
         """Whether the FAISS structure or search settings asked for (``--factory``, ``--nprobe``, ...)
         differ from those the live generation was written with."""
         try:
-            live = IndexConfig.from_dict(json.loads((live_dir / CONFIG_FILE).read_text(encoding="utf-8"))["index"])
+            live = IndexConfig.from_dict(generation_config(live_dir)["index"])
         except (OSError, ValueError, KeyError, TypeError, SimDPSError):
             return True  # unreadable: write a sound one
         return any(getattr(live, f) != getattr(self.config, f) for f in STRUCTURE_FIELDS)
@@ -492,8 +492,7 @@ class _Build:
     def _vector_count(self, generation: int | None) -> int:
         if generation is None:
             return 0
-        data = json.loads((gen_dir(self.index_dir, generation) / CONFIG_FILE).read_text())
-        return int(sum(data["vectors"].values()))
+        return int(sum(generation_config(gen_dir(self.index_dir, generation))["vectors"].values()))
 
     def _prune_cache(self, live_hashes: set[str]) -> None:
         """Drop shards no live track uses and shard folders of other PCAs (after the commit)."""

@@ -10,7 +10,6 @@ they are rebuilt and retrained from the shards.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import replace
@@ -29,6 +28,7 @@ from simdps.indexer.embed import PCA_FILE, ContextPCA
 from simdps.indexer.layout import (
     POSITIONS_SCHEMA,
     gen_dir,
+    generation_config,
     read_positions,
     read_shard,
     shard_path,
@@ -149,7 +149,7 @@ def live_factory(live_dir: Path | None) -> str | None:
     """The FAISS factory string of a generation folder (None for none)."""
     if live_dir is None:
         return None
-    return json.loads((live_dir / CONFIG_FILE).read_text())["factory"]
+    return generation_config(live_dir)["factory"]
 
 
 def _next_row(table: pa.Table | None) -> int:

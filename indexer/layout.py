@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 
 from simdps.atomic import atomic_path
 from simdps.errors import SimDPSError
+from simdps.indexer.config import CONFIG_FILE
 from simdps.indexer.embed import TrackEmbeddings
 
 __all__ = [
-    "gen_dir", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
+    "gen_dir", "generation_config", "list_generations", "remove_other_generations", "shard_path", "write_shard", "read_shard",
     "POSITIONS_SCHEMA", "write_parquet_atomic", "read_positions", "pca_fingerprint", "folder_bytes",
     "SIGNALS_DIR", "signal_path", "kept_signal_hashes", "writing_signal", "read_signal",
 ]
@@ -57,6 +58,11 @@ POSITIONS_SCHEMA = pa.schema([
 
 def gen_dir(index_dir: str | Path, generation: int) -> Path:
     return Path(index_dir) / f"{GEN_PREFIX}{generation}"
+
+
+def generation_config(gdir: str | Path) -> dict:
+    """A generation folder's ``config.json``: its index settings, FAISS factory, vector counts."""
+    return json.loads((Path(gdir) / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
 def list_generations(index_dir: str | Path) -> list[int]:

@@ -8,7 +8,6 @@ track's own candidates (``retrieval/track.py``), unless ``include_track=False``.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -28,7 +27,8 @@ from simdps.indexer import store
 from simdps.indexer.catalog import Catalog, default_url, display_url
 from simdps.indexer.config import CONFIG_FILE, IndexConfig, read_index_config
 from simdps.indexer.embed import PCA_FILE, ContextPCA
-from simdps.indexer.layout import SIGNALS_DIR, folder_bytes, gen_dir, kept_signal_hashes, signal_path
+from simdps.indexer.layout import (SIGNALS_DIR, folder_bytes, gen_dir, generation_config, kept_signal_hashes,
+                                   signal_path)
 from simdps.retrieval.candidate import Candidate, check_k
 from simdps.retrieval.index_search import (
     SearchParams,
@@ -150,7 +150,7 @@ class Index:
             raise SimDPSError(f"{gdir}: the live index files are missing; rebuild with "
                               "`simdps-index build --rebuild`")
         try:
-            gen_info = json.loads((gdir / CONFIG_FILE).read_text(encoding="utf-8"))
+            gen_info = generation_config(gdir)
             config = IndexConfig.from_dict(gen_info["index"])
             factory = gen_info["factory"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
